@@ -1,0 +1,28 @@
+"""gatecore: LSTM, GRU and plugin gated cells, forward and BPTT, with Numba kernels.
+
+Public API (NumPy in, NumPy out)::
+
+    y, (h_n, c_n) = gatecore.lstm(x, params, h0=None, c0=None, *, lengths=None, batch_first=False)
+    y, h_n        = gatecore.gru(x, params, h0=None, *, lengths=None, batch_first=False, reset_after=True)
+    y, state_n, tape = gatecore.forward(cell, x, params, state0=None, *, lengths=None,
+                                        batch_first=False, workspace=None, **cell_options)
+    dx, dstate0, dparams = gatecore.backward(tape, dy, dstate_n=None)
+    params = gatecore.init_params(cell, input_size, hidden_size, num_layers=1, ...)
+"""
+
+from .api import backward, forward, get_cell, gru, init_params, list_cells, lstm, register_cell
+from .cells.spec import CellSpec
+from .errors import (CellSpecError, DTypeError, GatecoreError, ParameterError, PluginError,
+                     ShapeError, StaleTapeError, UnknownCellError)
+from .network import Tape
+from .registry.hookspecs import hookimpl
+from .workspace import Workspace
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "lstm", "gru", "forward", "backward", "init_params", "list_cells", "get_cell",
+    "register_cell", "CellSpec", "Tape", "Workspace", "hookimpl",
+    "GatecoreError", "ShapeError", "DTypeError", "ParameterError", "UnknownCellError",
+    "CellSpecError", "StaleTapeError", "PluginError", "__version__",
+]

@@ -1,0 +1,451 @@
+"""Public NumPy API: validate, convert, dispatch.
+
+Every check happens here, before any kernel runs; the kernels see only C-contiguous,
+time-major arrays of one float dtype.
+
+Dtype rule
+----------
+The parameters decide the compute dtype: float32 or float64 (all parameters alike). Float
+inputs (``x``, states, ``dy``) must have that same dtype (a float32/float64 mix raises
+:class:`~gatecore.errors.DTypeError`). Integer, boolean and float16 inputs are converted to
+the parameters' dtype (exactly, or by rounding to nearest for float16 -> float32 is exact).
+Complex and object arrays are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .errors import DTypeError, ShapeError
+from .network import Tape, run_backward, run_forward
+from .params import Dims, init_params_for_spec, parse_params
+from .registry.manager import get_registry
+from .workspace import Workspace
+
+__all__ = ["forward", "backward", "lstm", "gru", "init_params", "list_cells", "get_cell",
+           "register_cell"]
+
+
+# --------------------------------------------------------------------------- helpers
+def _to_numpy(name: str, value) -> np.ndarray:
+    if hasattr(value, "__cuda_array_interface__"):
+        raise TypeError(
+            f"{name} is a CUDA array; this version of gatecore runs on the CPU only: "
+            "copy it to the host first (for example with .copy_to_host() or .cpu().numpy())"
+        )
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor on the CPU
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value)
+    except Exception as exc:  # noqa: BLE001
+        raise DTypeError(f"{name} is not convertible to a NumPy array: {exc}") from None
+
+
+def _check_dtype(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    kind = arr.dtype.kind
+    if arr.dtype in (np.float32, np.float64):
+        if arr.dtype != dtype:
+            raise DTypeError(
+                f"{name} has dtype {arr.dtype} but the parameters are {dtype}; "
+                f"convert one of them (for example {name}.astype(np.{dtype}))"
+            )
+        return arr
+    if kind in "biu" or arr.dtype == np.float16:
+        return arr.astype(dtype)
+    raise DTypeError(f"{name} must be a real float array ({dtype}), got dtype {arr.dtype}")
+
+
+def _shape_str(shape) -> str:
+    return "[" + ", ".join(str(s) for s in shape) + "]"
+
+
+def _check_lengths(lengths, B: int, T: int) -> np.ndarray:
+    full = np.full(B, T, dtype=np.int64)
+    if lengths is None:
+        return full
+    arr = _to_numpy("lengths", lengths)
+    if arr.ndim != 1 or arr.shape[0] != B:
+        raise ShapeError(
+            f"lengths must be 1-D with one entry per batch item ({B}), got shape {_shape_str(arr.shape)}"
+        )
+    if arr.dtype.kind == "b" or arr.dtype.kind not in "iuf":
+        raise DTypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"lengths must be finite integers, got {arr.tolist()}")
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"lengths must be whole numbers, got {arr.tolist()}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        raise ValueError(
+            f"lengths must lie in [0, T={T}] (T = sequence length of x), got min {arr.min()}, max {arr.max()}"
+        )
+    return arr.astype(np.int64)
+
+
+def _layout(x_ndim: int, batch_first: bool) -> str:
+    if x_ndim == 2:
+        return "[T, input_size] (unbatched)"
+    return "[B, T, input_size]" if batch_first else "[T, B, input_size]"
+
+
+def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_options):
+    registry = get_registry()
+    spec = registry.get(cell).with_options(**cell_options)
+    if not isinstance(batch_first, (bool, np.bool_)):
+        raise TypeError(f"batch_first must be True or False, got {batch_first!r}")
+    if workspace is not None and not isinstance(workspace, Workspace):
+        raise TypeError(f"workspace must be a gatecore.Workspace or None, got {type(workspace).__name__}")
+    dims, dtype, layers = parse_params(spec, params)
+    xa = _check_dtype("x", _to_numpy("x", x), dtype)
+    if xa.ndim not in (2, 3):
+        raise ShapeError(
+            f"x must be 3-D {_layout(3, batch_first)} or 2-D [T, input_size], got shape {_shape_str(xa.shape)}"
+        )
+    unbatched = xa.ndim == 2
+    if unbatched:
+        xa = xa[:, None, :]
+    elif batch_first:
+        xa = xa.transpose(1, 0, 2)
+    T, B, I = xa.shape
+    if I != dims.input_size:
+        raise ShapeError(
+            f"x has input_size {I} (last axis) but params expect input_size={dims.input_size} "
+            f"(weight_ih_l0 is [{layers[0][0]['weight_ih'].shape[0]}, {dims.input_size}]); "
+            f"x shape {_shape_str(_to_numpy('x', x).shape)}, layout {_layout(2 if unbatched else 3, batch_first)}"
+        )
+    lens = _check_lengths(lengths, B, T)
+    ws = workspace if workspace is not None else Workspace()
+    ws._begin(T, B)
+    ws.generation -= 1  # the forward itself starts the generation
+    # x: one copy into the workspace, time-major, padded steps zeroed
+    x0 = ws.get("x0", dtype, lambda T_, B_: (T_, B_, I))
+    np.copyto(x0, xa)
+    if lengths is not None:
+        for b in np.nonzero(lens < T)[0]:
+            x0[lens[b]:, b] = 0
+    # initial states
+    S = spec.num_states
+    L, D = dims.num_layers, dims.num_directions
+    if state0 is None:
+        state0 = (None,) * S
+    elif isinstance(state0, np.ndarray) or not isinstance(state0, (tuple, list)):
+        state0 = (state0,)
+    if len(state0) != S:
+        raise ValueError(
+            f"state0 must be a tuple of {S} arrays {spec.state_names} for cell {spec.name!r}, got {len(state0)}"
+        )
+    states = []
+    for s, value in enumerate(state0):
+        name = f"{spec.state_names[s]}0"
+        width = dims.hr if s == 0 else dims.hidden_size
+        buf = ws.get(f"state0_{s}", dtype, lambda T_, B_, w=width: (L * D, B_, w))
+        if value is None:
+            buf.fill(0)
+        else:
+            arr = _check_dtype(name, _to_numpy(name, value), dtype)
+            want = (L * D, width) if unbatched else (L * D, B, width)
+            if arr.shape != want:
+                raise ShapeError(
+                    f"{name} must have shape {_shape_str(want)} = [num_layers*num_directions, "
+                    f"{'' if unbatched else 'batch, '}{'proj_size' if (s == 0 and dims.proj_size) else 'hidden_size'}], "
+                    f"got {_shape_str(arr.shape)}"
+                )
+            np.copyto(buf, arr.reshape(L * D, B, width))
+        states.append(buf)
+    return spec, dims, dtype, layers, x0, tuple(states), lens, ws, unbatched
+
+
+def _out_y(ws, y, dtype, batch_first, unbatched):
+    if unbatched:
+        return y[:, 0, :]
+    if batch_first:
+        T, B, W = y.shape
+        out = ws.get("y_bf", dtype, lambda T_, B_: (B_, T_, W))
+        np.copyto(out, y.transpose(1, 0, 2))
+        return out
+    return y
+
+
+def _out_state(states, unbatched):
+    return tuple(s[:, 0, :] if unbatched else s for s in states)
+
+
+# --------------------------------------------------------------------------- public API
+def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first: bool = False,
+            workspace: Workspace | None = None, training: bool = True, **cell_options: Any):
+    """Run a network of gated cells forward; keep a tape for :func:`backward`.
+
+    Parameters
+    ----------
+    cell : str
+        Registered cell name (``"lstm"``, ``"gru"``, or a plugin's; see :func:`list_cells`).
+    x : array [T, B, input_size] (or [B, T, input_size] with ``batch_first``, or
+        [T, input_size] unbatched), float32 or float64 (the parameters' dtype)
+        Input sequence (in). Never written to.
+    params : mapping of str to array
+        PyTorch ``state_dict`` keys and shapes (``weight_ih_l0`` [G*H, I], ``weight_hh_l0``
+        [G*H, H or P], ``bias_ih_l0``/``bias_hh_l0`` [G*H], ``weight_hr_l0`` [P, H], ``_reverse``
+        for the second direction); layers, directions, sizes are read from them.
+    state0 : tuple of arrays, optional
+        One array per state variable of the cell: ``(h0, c0)`` for LSTM, ``(h0,)`` for GRU;
+        ``h0`` [L*D, B, P or H], others [L*D, B, H] (PyTorch order: layer 0 forward, layer 0
+        reverse, layer 1 forward, ...). ``None`` entries are zeros.
+    lengths : array of int [B], optional
+        Valid steps per sequence, each in [0, T], any order. Outputs past a length are 0,
+        the final state is the last valid one, padded steps get and give no gradient.
+    batch_first : bool
+        ``x``, ``y`` (and ``dy``, ``dx``) are [B, T, *] instead of [T, B, *].
+    workspace : Workspace, optional
+        Reused buffers: no allocation per call in steady state. Returned arrays are then
+        views into it, valid until its next use.
+    training : bool
+        Keep the tape (default). ``False`` runs inference that keeps only what the next step
+        needs and returns ``tape=None``.
+    **cell_options
+        Options of the cell, for example ``reset_after=False`` for ``"gru"``.
+
+    Returns
+    -------
+    y : array [T, B, D*(P or H)] (batch_first: [B, T, ...]; unbatched: [T, ...])
+    state_n : tuple of arrays, shaped as ``state0``
+    tape : Tape or None
+
+    Raises
+    ------
+    UnknownCellError (ValueError)
+        Unknown cell name; the message lists the registered cells.
+    ParameterError (ValueError), ShapeError (ValueError), DTypeError (TypeError)
+        Inconsistent parameters, wrong shapes, dtypes that do not agree (see the dtype rule
+        in this module's docstring); each message names the argument.
+    ValueError
+        ``lengths`` outside [0, T], non-integer or non-finite.
+
+    Notes
+    -----
+    Matches ``torch.nn.LSTM`` / ``torch.nn.GRU`` (and packed sequences for ``lengths``);
+    equations in the cell modules (:mod:`gatecore.cells.lstm`, :mod:`gatecore.cells.gru`).
+
+    Examples
+    --------
+    >>> import numpy as np, gatecore
+    >>> p = gatecore.init_params("gru", 3, 5, seed=0)
+    >>> y, (h_n,), tape = gatecore.forward("gru", np.ones((4, 2, 3), np.float32), p)
+    >>> y.shape, h_n.shape
+    ((4, 2, 5), (1, 2, 5))
+    """
+    spec, dims, dtype, layers, x0, states, lens, ws, unbatched = _prepare(
+        cell, x, params, state0, lengths, batch_first, workspace, cell_options)
+    y, state_n, tape = run_forward(spec, dims, layers, x0, states, lens, ws, bool(training),
+                                   bool(batch_first), unbatched, dtype)
+    return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
+
+
+def backward(tape: Tape, dy=None, dstate_n=None):
+    """Backpropagation through time for a taped :func:`forward` call.
+
+    Parameters
+    ----------
+    tape : Tape
+        From ``forward(..., training=True)``.
+    dy : array shaped like forward's ``y``, optional
+        dL/dy (in); ``None`` means zero. Entries past each sequence's length are ignored.
+    dstate_n : tuple shaped like forward's ``state_n``, optional
+        dL/d final states; ``None`` (or ``None`` entries) means zero.
+
+    Returns
+    -------
+    dx : array shaped like ``x``
+        dL/dx (zero at padded steps).
+    dstate0 : tuple shaped like ``state0``
+        dL/d initial states (a length-0 sequence passes dstate_n through).
+    dparams : dict
+        Same keys and shapes as ``params``.
+
+    Raises
+    ------
+    StaleTapeError (ValueError)
+        The tape's workspace has been used by a later forward call.
+    ShapeError (ValueError), DTypeError (TypeError)
+        ``dy`` or ``dstate_n`` of the wrong shape or dtype.
+    """
+    if not isinstance(tape, Tape):
+        raise TypeError(
+            f"tape must be the Tape returned by gatecore.forward(..., training=True), got {type(tape).__name__}"
+        )
+    ws = tape.workspace
+    if ws.generation != tape.generation:
+        run_backward(tape, None, ())  # raises StaleTapeError with the full message
+    spec, dims, dtype = tape.spec, tape.dims, tape.dtype
+    T, B, L, D, Hr = tape.T, tape.B, dims.num_layers, dims.num_directions, dims.hr
+    W = D * Hr
+    dy_t = None
+    if dy is not None:
+        arr = _check_dtype("dy", _to_numpy("dy", dy), dtype)
+        if tape.unbatched:
+            want = (T, W)
+        elif tape.batch_first:
+            want = (B, T, W)
+        else:
+            want = (T, B, W)
+        if arr.shape != want:
+            raise ShapeError(f"dy must have the shape of y {_shape_str(want)}, got {_shape_str(arr.shape)}")
+        if tape.unbatched:
+            arr = arr[:, None, :]
+        elif tape.batch_first:
+            arr = arr.transpose(1, 0, 2)
+        dy_t = ws.get("b_dy", dtype, lambda T_, B_: (T_, B_, W))
+        np.copyto(dy_t, arr)
+    S = spec.num_states
+    if dstate_n is None:
+        dstate_n = (None,) * S
+    elif isinstance(dstate_n, np.ndarray) or not isinstance(dstate_n, (tuple, list)):
+        dstate_n = (dstate_n,)
+    if len(dstate_n) != S:
+        raise ValueError(f"dstate_n must be a tuple of {S} arrays {spec.state_names}, got {len(dstate_n)}")
+    ds_list = []
+    for s, value in enumerate(dstate_n):
+        if value is None:
+            ds_list.append(None)
+            continue
+        name = f"dstate_n[{s}] (d{spec.state_names[s]}_n)"
+        width = Hr if s == 0 else dims.hidden_size
+        arr = _check_dtype(name, _to_numpy(name, value), dtype)
+        want = (L * D, width) if tape.unbatched else (L * D, B, width)
+        if arr.shape != want:
+            raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
+        ds_list.append(arr.reshape(L * D, B, width))
+    dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
+    if tape.unbatched:
+        dx = dx[:, 0, :]
+    elif tape.batch_first:
+        out = ws.get("b_dx_bf", dtype, lambda T_, B_, n=dx.shape[2]: (B_, T_, n))
+        np.copyto(out, dx.transpose(1, 0, 2))
+        dx = out
+    return dx, _out_state(dstate0, tape.unbatched), dparams
+
+
+def lstm(x, params: Mapping, h0=None, c0=None, *, lengths=None, batch_first: bool = False,
+         workspace: Workspace | None = None):
+    """LSTM inference, like ``torch.nn.LSTM`` (no tape kept).
+
+    Parameters
+    ----------
+    x : array [T, B, input_size] ([B, T, input_size] with batch_first; [T, input_size] unbatched)
+    params : mapping
+        ``torch.nn.LSTM(...).state_dict()`` as NumPy arrays (proj_size supported).
+    h0 : array [L*D, B, P or H], optional
+    c0 : array [L*D, B, H], optional
+    lengths, batch_first, workspace
+        As in :func:`forward`.
+
+    Returns
+    -------
+    y : array [T, B, D*(P or H)]
+    (h_n, c_n) : arrays [L*D, B, P or H] and [L*D, B, H]
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`forward`.
+
+    Notes
+    -----
+    Hochreiter & Schmidhuber 1997 with the forget gate of Gers et al. 2000; gate order i, f,
+    g, o as PyTorch.
+    """
+    y, (h_n, c_n), _ = forward("lstm", x, params, (h0, c0), lengths=lengths,
+                               batch_first=batch_first, workspace=workspace, training=False)
+    return y, (h_n, c_n)
+
+
+def gru(x, params: Mapping, h0=None, *, lengths=None, batch_first: bool = False,
+        reset_after: bool = True, workspace: Workspace | None = None):
+    """GRU inference, like ``torch.nn.GRU`` (no tape kept).
+
+    Parameters
+    ----------
+    x : array [T, B, input_size] ([B, T, input_size] with batch_first; [T, input_size] unbatched)
+    params : mapping
+        ``torch.nn.GRU(...).state_dict()`` as NumPy arrays.
+    h0 : array [L*D, B, H], optional
+    reset_after : bool
+        True: reset gate applied after the hidden product (PyTorch, cuDNN, Keras default,
+        ONNX linear_before_reset=1). False: before it (Cho et al. 2014, Keras
+        reset_after=False, ONNX linear_before_reset=0).
+    lengths, batch_first, workspace
+        As in :func:`forward`.
+
+    Returns
+    -------
+    y : array [T, B, D*H]
+    h_n : array [L*D, B, H]
+
+    Raises
+    ------
+    ValueError, TypeError
+        As :func:`forward`.
+    """
+    y, (h_n,), _ = forward("gru", x, params, (h0,), lengths=lengths, batch_first=batch_first,
+                           workspace=workspace, training=False, reset_after=reset_after)
+    return y, h_n
+
+
+def init_params(cell, input_size: int, hidden_size: int, num_layers: int = 1,
+                bidirectional: bool = False, proj_size: int = 0, dtype=np.float32,
+                seed=None, **cell_options) -> dict[str, np.ndarray]:
+    """Fresh parameters with PyTorch's keys, shapes and default initialisation.
+
+    Every entry is drawn uniformly from [-1/sqrt(hidden_size), 1/sqrt(hidden_size)], as
+    ``torch.nn.LSTM``/``GRU`` do.
+
+    Parameters
+    ----------
+    cell : str
+        Registered cell name.
+    input_size, hidden_size, num_layers, proj_size : int
+    bidirectional : bool
+    dtype : float32 or float64
+    seed : int or numpy.random.Generator seed, optional
+
+    Returns
+    -------
+    dict of str to array
+        Keys in PyTorch's state_dict order.
+
+    Raises
+    ------
+    ValueError
+        Non-positive sizes, ``proj_size >= hidden_size``, projection for a cell without it.
+    TypeError
+        Unsupported dtype.
+    """
+    spec = get_registry().get(cell).with_options(**cell_options)
+    return init_params_for_spec(spec, input_size, hidden_size, num_layers, bool(bidirectional),
+                                proj_size, dtype, seed)
+
+
+def list_cells() -> dict[str, str]:
+    """Registered cell names and the plugin that provides each."""
+    return {name: entry.plugin for name, entry in sorted(get_registry().cells().items())}
+
+
+def get_cell(name: str):
+    """The :class:`~gatecore.CellSpec` registered as ``name`` (UnknownCellError lists the names)."""
+    return get_registry().get(name)
+
+
+def register_cell(spec) -> None:
+    """Register a cell spec at run time (for notebooks and tests).
+
+    Raises
+    ------
+    CellSpecError (ValueError)
+        Inconsistent spec or duplicate name.
+    """
+    get_registry().register(spec)
+
+
+Dims = Dims  # re-export for type hints

@@ -1,0 +1,241 @@
+"""The cell specification: what a plugin author fills in to add a gated cell.
+
+A cell is described once, as plain Python functions over one hidden unit ``j`` of one batch
+item, and gatecore compiles those functions into its kernels (``numba.njit`` for the CPU).
+The engine owns everything else: the input product for all steps as one GEMM, the
+recurrent products, layers, directions, variable lengths, the tape and BPTT.
+
+Shapes seen by the pointwise rules (``H`` hidden size, ``G`` gates, ``S`` state variables,
+``K`` tape values per unit, ``E`` extra parameter vectors)::
+
+    ax  [G*H]   input part of the gate pre-activations, W_ih x_t + b_ih   (read)
+    ah  [G*H]   recurrent part, W_hh h_{t-1} + b_hh (stage 2 gates: W_hh2 u_t + b_hh2)
+    sp  [S, H]  state before the step (sp[0] = h, sp[1] = c for LSTM)      (read)
+    sn  [S, H]  state after the step                                       (write)
+    tp  [K*H]   the cell's own tape: whatever backward needs               (write in fwd)
+    ex  [E, H]  extra per-cell parameters (for example peephole weights)   (read)
+    u   [H]     stage-1 output fed to the second recurrent product         (write)
+
+Forward is ``h`` products in up to two stages:
+
+* one stage (LSTM, GRU with reset after the product): ``ah = W_hh h_{t-1} + b_hh`` for all
+  gates, then ``forward(ax, ah, sp, ex, sn, tp, j, H)``;
+* two stages (GRU with reset before the product, minimal gated unit): the first
+  ``stage1_gates`` gates get ``W_hh[:G1*H] h_{t-1}``; ``forward_stage1(ax, ah, sp, ex, u,
+  tp, j, H)`` computes them and writes ``u`` (for example ``r * h``); the remaining gates get
+  ``W_hh[G1*H:] u + b_hh[G1*H:]``; then ``forward`` finishes the step.
+
+Backward mirrors it with gradients (``ds`` = dL/d state after the step, ``dsp`` = the
+direct part of dL/d state before the step, not counting the recurrent products, which the
+engine adds; ``dax``/``dah`` = dL/d pre-activation, input and recurrent part)::
+
+    backward_stage2(ax, tp, sp, sn, ex, ds, dax, dah, dex, j, H)   # two stages only:
+        write dax, dah of the stage-2 gates
+    backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H)
+        du = dL/du (two stages: dah[stage 2] @ W_hh2, else zeros); write dax, dah of the
+        stage-1 gates (all gates for one stage), every dsp[s, j], and accumulate dex (+=).
+
+Contract: ``forward`` writes every ``sn[s, j]``; ``backward`` writes every ``dsp[s, j]`` and
+the dax/dah entries of its gates. The functions must be compilable by Numba in nopython
+mode, read only unit ``j``'s entries (``g*H + j`` for gate ``g``) and have no side effects
+beyond those outputs. ``sn[0]`` is the cell output h_t (before the projection when the
+network has ``proj_size``; only cells with ``supports_projection`` and that never read
+``sp[0]`` may be projected).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import CellSpecError
+
+__all__ = ["CellSpec"]
+
+_BASE_PARAM_ROWS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+
+@dataclasses.dataclass(frozen=True)
+class CellSpec:
+    """Specification of a gated recurrent cell.
+
+    Parameters
+    ----------
+    name : str
+        Registry name (lower case, for example ``"lstm"``).
+    gate_names : tuple of str
+        One name per gate, in the row order of ``weight_ih`` / ``weight_hh`` (PyTorch
+        order for the built-ins: LSTM ``i f g o``, GRU ``r z n``).
+    state_names : tuple of str
+        State variables, ``("h",)`` or ``("h", "c")``; ``h`` always first.
+    tape_size : int
+        Values per hidden unit that ``forward`` stores in ``tp`` for ``backward``.
+    forward, backward : callable
+        Pointwise rules, see the module docstring.
+    stage1_gates : int, optional
+        Gates formed with the first recurrent product; the rest use a second product of
+        ``u``. Defaults to all gates (one product).
+    forward_stage1, backward_stage2 : callable, optional
+        Required exactly when ``stage1_gates < len(gate_names)``.
+    extra_params : tuple of (str, int)
+        Extra per-layer parameter vectors: ``(prefix, n)`` declares the key
+        ``{prefix}_l{k}[_reverse]`` of shape ``[n * H]`` (seen by the rules as ``ex``).
+    supports_projection : bool
+        Whether networks of this cell may use ``proj_size`` (LSTMP, Sak et al. 2014).
+    variant : str
+        Distinguishes concrete specs that share a name (GRU ``reset_after`` / ``reset_before``).
+    configure : callable, optional
+        ``configure(**options) -> CellSpec`` maps cell options (keyword arguments of
+        ``gatecore.forward``) to a concrete spec; without it, the cell takes no options.
+    option_defaults : mapping
+        The options ``configure`` accepts and their defaults (shown by ``gatecore cells``).
+    description, reference : str
+        One line each, for listings: what the cell is, and the paper it follows.
+    """
+
+    name: str
+    gate_names: tuple[str, ...]
+    state_names: tuple[str, ...]
+    tape_size: int
+    forward: Callable[..., Any]
+    backward: Callable[..., Any]
+    stage1_gates: int | None = None
+    forward_stage1: Callable[..., Any] | None = None
+    backward_stage2: Callable[..., Any] | None = None
+    extra_params: tuple[tuple[str, int], ...] = ()
+    supports_projection: bool = False
+    variant: str = ""
+    configure: Callable[..., "CellSpec"] | None = None
+    option_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    description: str = ""
+    reference: str = ""
+
+    # ------------------------------------------------------------------ derived
+    @property
+    def num_gates(self) -> int:
+        """Number of gates G (rows of weight_ih are G * hidden_size)."""
+        return len(self.gate_names)
+
+    @property
+    def num_states(self) -> int:
+        """Number of state variables S."""
+        return len(self.state_names)
+
+    @property
+    def g1(self) -> int:
+        """Gates formed with the first recurrent product."""
+        return self.num_gates if self.stage1_gates is None else self.stage1_gates
+
+    @property
+    def two_stage(self) -> bool:
+        """Whether the cell has a second recurrent product after stage-1 gates are known."""
+        return self.g1 < self.num_gates
+
+    @property
+    def num_extra(self) -> int:
+        """Total extra parameter rows E (each of size hidden_size)."""
+        return sum(n for _, n in self.extra_params)
+
+    @property
+    def key(self) -> str:
+        """Unique key of this concrete spec (name and variant)."""
+        return f"{self.name}:{self.variant}" if self.variant else self.name
+
+    def with_options(self, **options: Any) -> "CellSpec":
+        """Return the concrete spec for the given cell options.
+
+        Raises
+        ------
+        TypeError
+            If an option is not one this cell accepts (the message lists the accepted ones).
+        """
+        if self.configure is None:
+            if options:
+                raise TypeError(
+                    f"cell {self.name!r} takes no options, got {sorted(options)}"
+                )
+            return self
+        unknown = sorted(set(options) - set(self.option_defaults))
+        if unknown:
+            raise TypeError(
+                f"cell {self.name!r} got unknown option(s) {unknown}; "
+                f"it accepts {sorted(self.option_defaults)}"
+            )
+        spec = self.configure(**{**dict(self.option_defaults), **options})
+        if not isinstance(spec, CellSpec):
+            raise CellSpecError(f"cell {self.name!r}: configure() did not return a CellSpec")
+        spec.validate()
+        return spec
+
+    def param_rows(self) -> dict[str, int]:
+        """Rows (in units of hidden_size) of each per-layer parameter prefix."""
+        rows = {p: self.num_gates for p in _BASE_PARAM_ROWS}
+        for prefix, n in self.extra_params:
+            rows[prefix] = n
+        return rows
+
+    def fingerprint(self) -> str:
+        """Hash of the pointwise rules' source and the spec's shape, for kernel caching."""
+        h = hashlib.sha256()
+        h.update(repr((self.key, self.gate_names, self.state_names, self.tape_size,
+                       self.g1, self.extra_params, self.supports_projection)).encode())
+        for fn in (self.forward, self.backward, self.forward_stage1, self.backward_stage2):
+            if fn is None:
+                h.update(b"-")
+                continue
+            py = getattr(fn, "py_func", fn)
+            try:
+                h.update(inspect.getsource(py).encode())
+            except (OSError, TypeError):
+                code = py.__code__
+                h.update(code.co_code + repr(code.co_consts).encode())
+            h.update(f"{py.__module__}.{py.__qualname__}".encode())
+        return h.hexdigest()[:16]
+
+    def validate(self) -> None:
+        """Check the spec for consistency.
+
+        Raises
+        ------
+        CellSpecError
+            With the cell name and the reason: empty or duplicate gate names, a state list
+            that does not start with ``h``, a non-positive tape size, a missing rule, a
+            stage split without its two extra rules, or bad extra parameter declarations.
+        """
+        who = f"cell {self.name!r}"
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise CellSpecError(f"{who}: name must be an identifier-like string")
+        if not self.gate_names or len(set(self.gate_names)) != len(self.gate_names):
+            raise CellSpecError(f"{who}: gate_names must be non-empty and unique, got {self.gate_names}")
+        if not self.state_names or self.state_names[0] != "h":
+            raise CellSpecError(f"{who}: state_names must start with 'h', got {self.state_names}")
+        if not isinstance(self.tape_size, int) or self.tape_size < 1:
+            raise CellSpecError(f"{who}: tape_size must be a positive int, got {self.tape_size!r}")
+        for attr in ("forward", "backward"):
+            if not callable(getattr(self, attr)):
+                raise CellSpecError(f"{who}: missing pointwise rule {attr!r}")
+        if not 1 <= self.g1 <= self.num_gates:
+            raise CellSpecError(
+                f"{who}: stage1_gates must be in [1, {self.num_gates}], got {self.stage1_gates}"
+            )
+        if self.two_stage:
+            for attr in ("forward_stage1", "backward_stage2"):
+                if not callable(getattr(self, attr)):
+                    raise CellSpecError(
+                        f"{who}: stage1_gates={self.g1} < {self.num_gates} gates needs {attr!r}"
+                    )
+        elif self.forward_stage1 is not None or self.backward_stage2 is not None:
+            raise CellSpecError(
+                f"{who}: forward_stage1/backward_stage2 given but stage1_gates is all gates"
+            )
+        seen = set(_BASE_PARAM_ROWS) | {"weight_hr"}
+        for item in self.extra_params:
+            if (not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str)
+                    or not isinstance(item[1], int) or item[1] < 1 or item[0] in seen):
+                raise CellSpecError(
+                    f"{who}: extra_params entries must be unique (prefix, n>=1) pairs, got {item!r}"
+                )
+            seen.add(item[0])

@@ -1,0 +1,252 @@
+"""Networks of cells: layers, directions and variable lengths, forward and BPTT.
+
+This module receives validated, time-major, C-contiguous arrays of one dtype and drives
+the compiled kernels; it never sees bad input (``gatecore.api`` checks everything first).
+
+Per layer k and direction d:
+
+* forward: ``GX = X_k W_ih^T + b_ih`` for all steps as one GEMM, then the time loop kernel
+  (recurrent GEMM per step + the cell's pointwise rule);
+* backward: the reverse time loop kernel produces dL/d pre-activations for all steps, then
+  one GEMM each gives ``dW_ih``, ``dW_hh`` (per stage), ``dW_hr`` and ``dX_k``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from .cells.spec import CellSpec
+from .errors import StaleTapeError
+from .kernels.factory import cpu_kernels
+from .params import Dims
+from .workspace import Workspace
+
+__all__ = ["Tape", "run_forward", "run_backward"]
+
+
+@dataclasses.dataclass
+class Tape:
+    """What backward needs from a forward call (the reserve space).
+
+    Attributes are views into the workspace that made it; ``generation`` detects reuse.
+    """
+
+    spec: CellSpec
+    dims: Dims
+    dtype: np.dtype
+    T: int
+    B: int
+    batch_first: bool
+    unbatched: bool
+    lengths: np.ndarray
+    layers: list
+    workspace: Workspace
+    generation: int
+    xs: list  # layer inputs, time-major [T, B, *]
+    buffers: dict  # (k, d) -> dict of hp, st, u, tp, gx
+
+
+def _sfx(k: int, d: int) -> str:
+    return f"_l{k}{'_reverse' if d else ''}"
+
+
+def _extras(spec, dims, group, ws, dtype, tag):
+    """[E, H] view of the cell's extra parameters (copied into the workspace)."""
+    H = dims.hidden_size
+    E = spec.num_extra
+    ex = ws.get(f"ex{tag}", dtype, lambda T, B: (E, H))
+    r = 0
+    for prefix, n in spec.extra_params:
+        ex[r:r + n] = group[prefix].reshape(n, H)
+        r += n
+    return ex
+
+
+def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Workspace,
+                training: bool, batch_first: bool, unbatched: bool, dtype):
+    """Run the network. ``x`` [T, B, I] and ``state0`` (tuple of [L*D, B, *]) are validated.
+
+    Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)``; arrays are workspace views.
+    """
+    T, B, _ = x.shape
+    L, D, H, Hr = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr
+    G, G1, S, K = spec.num_gates, spec.g1, spec.num_states, spec.tape_size
+    GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
+    H2 = H if spec.two_stage else 0
+    mod = cpu_kernels(spec)
+    gen = ws._begin(T, B)
+    keep = bool(training)
+
+    zeros_bias = ws.get("zero_bias", dtype, lambda T_, B_: (GH,), zero=True)
+    no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))
+    state_n = tuple(
+        ws.get(f"state_n{s}", dtype, lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
+        for s in range(S)
+    )
+    # scratch shared by every layer and direction
+    ah = ws.get("ah", dtype, lambda T_, B_: (B_, GH))
+    gh1 = ws.get("gh1", dtype, lambda T_, B_: (B_, G1H))
+    gh2 = ws.get("gh2", dtype, lambda T_, B_: (B_, G2H))
+    pbuf = ws.get("pbuf", dtype, lambda T_, B_: (B_, Hr))
+
+    xs = [x]
+    buffers = {}
+    layer_in = x
+    for k in range(L):
+        tag_y = f"y{k}" if keep else f"y{k % 2}"
+        y = ws.get(tag_y, dtype, lambda T_, B_: (T_, B_, D * Hr))
+        in2d = layer_in.reshape(T * B, layer_in.shape[2])
+        for d in range(D):
+            group = layers[k][d]
+            tag = f"{k}_{d}" if keep else ""
+            nslot = T + 1 if keep else 2
+            mslot = T if keep else 1
+            gx = ws.get(f"gx{tag}", dtype, lambda T_, B_: (T_, B_, GH))
+            hp = ws.get(f"hp{tag}", dtype, lambda T_, B_, n=nslot - T: (T_ + n, B_, Hr))
+            st = ws.get(f"st{tag}", dtype, lambda T_, B_, n=nslot - T: (S, T_ + n, B_, H))
+            u = ws.get(f"u{tag}", dtype, lambda T_, B_, m=mslot - T: (T_ + m, B_, H2))
+            tp = ws.get(f"tp{tag}", dtype, lambda T_, B_, m=mslot - T: (T_ + m, B_, K * H))
+            ex = _extras(spec, dims, group, ws, dtype, tag)
+            if T * B:
+                np.matmul(in2d, group["weight_ih"].T, out=gx.reshape(T * B, GH))
+                if dims.bias:
+                    gx += group["bias_ih"]
+            idx = k * D + d
+            hp[0] = state0[0][idx]
+            if dims.proj_size:
+                st[0, 0] = 0.0
+            else:
+                st[0, 0] = state0[0][idx]
+            for s in range(1, S):
+                st[s, 0] = state0[s][idx]
+            bhh = group["bias_hh"] if dims.bias else zeros_bias
+            whr = group["weight_hr"] if dims.proj_size else no_whr
+            mod.forward_dir(gx, group["weight_hh"], bhh, whr, ex, lengths, bool(d), keep,
+                            hp, st, u, tp, ah, gh1, gh2, pbuf, y, d * Hr)
+            last = T if keep else T % 2
+            state_n[0][idx] = hp[last]
+            for s in range(1, S):
+                state_n[s][idx] = st[s, last]
+            if keep:
+                buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex)
+        layer_in = y
+        if keep and k + 1 < L:
+            xs.append(y)
+    tape = None
+    if keep:
+        tape = Tape(spec, dims, dtype, T, B, batch_first, unbatched, lengths, layers, ws, gen,
+                    xs, buffers)
+    return layer_in, state_n, tape
+
+
+def run_backward(tape: Tape, dy, dstate_n):
+    """BPTT through a taped forward call.
+
+    ``dy`` is None or [T, B, D*Hr] time-major of the tape's dtype; ``dstate_n`` a tuple with
+    None or [L*D, B, *] per state variable. Returns ``(dx [T, B, I], dstate0 tuple, dparams)``
+    as workspace views.
+    """
+    ws = tape.workspace
+    if ws.generation != tape.generation:
+        raise StaleTapeError(
+            "tape is stale: its workspace was reused by a later forward or backward call "
+            f"(tape generation {tape.generation}, workspace now at {ws.generation}); run "
+            "backward before reusing the workspace, or give each forward its own workspace"
+        )
+    spec, dims, dtype = tape.spec, tape.dims, tape.dtype
+    T, B = tape.T, tape.B
+    L, D, H, Hr, P = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr, dims.proj_size
+    G, G1, S = spec.num_gates, spec.g1, spec.num_states
+    GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
+    H2 = H if spec.two_stage else 0
+    mod = cpu_kernels(spec)
+    lengths = tape.lengths
+
+    no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))
+    dhr = ws.get("b_dhr", dtype, lambda T_, B_: (B_, Hr))
+    ds = ws.get("b_ds", dtype, lambda T_, B_: (S, B_, H))
+    dsp = ws.get("b_dsp", dtype, lambda T_, B_: (S, B_, H))
+    dax = ws.get("b_dax", dtype, lambda T_, B_: (T_, B_, GH))
+    dah1 = ws.get("b_dah1", dtype, lambda T_, B_: (T_, B_, G1H))
+    dah2 = ws.get("b_dah2", dtype, lambda T_, B_: (T_, B_, G2H))
+    dahrow = ws.get("b_dahrow", dtype, lambda T_, B_: (B_, GH))
+    du = ws.get("b_du", dtype, lambda T_, B_: (B_, H2), zero=True)
+    dhnew = ws.get("b_dhnew", dtype, lambda T_, B_: (B_, Hr))
+    dhist = ws.get("b_dhist", dtype, lambda T_, B_: (T_ if P else 0, B_, Hr))
+    dm = ws.get("b_dm", dtype, lambda T_, B_: (B_, H))
+    dstate0 = tuple(
+        ws.get(f"b_dstate0_{s}", dtype, lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
+        for s in range(S)
+    )
+    dparams = {}
+    for k in range(L):
+        for d in range(D):
+            for prefix, arr in tape.layers[k][d].items():
+                key = prefix + _sfx(k, d)
+                dparams[key] = ws.get("g_" + key, dtype, lambda T_, B_, sh=arr.shape: sh)
+
+    d_out = dy
+    has_dy = dy is not None
+    dummy_dy = ws.get("b_nody", dtype, lambda T_, B_: (1, 1, 1))
+    for k in range(L - 1, -1, -1):
+        x_k = tape.xs[k]
+        Din = x_k.shape[2]
+        dx_k = ws.get(f"b_dx{k % 2}", dtype, lambda T_, B_, n=Din: (T_, B_, n))
+        dx2d = dx_k.reshape(T * B, Din)
+        x2d = x_k.reshape(T * B, Din)
+        for d in range(D):
+            group = tape.layers[k][d]
+            buf = tape.buffers[(k, d)]
+            idx = k * D + d
+            sfx = _sfx(k, d)
+            if dstate_n[0] is not None:
+                dhr[...] = dstate_n[0][idx]
+            else:
+                dhr.fill(0)
+            for s in range(1, S):
+                if dstate_n[s] is not None:
+                    ds[s] = dstate_n[s][idx]
+                else:
+                    ds[s] = 0
+            dex_buf = ws.get("b_dex", dtype, lambda T_, B_: (spec.num_extra, H), zero=True)
+            whr = group["weight_hr"] if P else no_whr
+            mod.backward_dir(buf["gx"], group["weight_hh"], whr, buf["ex"], lengths, bool(d),
+                             buf["hp"], buf["st"], buf["u"], buf["tp"],
+                             d_out if has_dy else dummy_dy, has_dy, d * Hr,
+                             dhr, ds, dsp, dax, dah1, dah2, dahrow, du, dhnew, dhist, dm, dex_buf)
+            dstate0[0][idx] = dhr
+            for s in range(1, S):
+                dstate0[s][idx] = ds[s]
+            r = 0
+            for prefix, n in spec.extra_params:
+                dparams[prefix + sfx][...] = dex_buf[r:r + n].reshape(-1)
+                r += n
+            # weight gradients: one GEMM each over all T*B rows
+            dax2d = dax.reshape(T * B, GH)
+            np.matmul(dax2d.T, x2d, out=dparams["weight_ih" + sfx])
+            hp2d = buf["hp"][:T].reshape(T * B, Hr)
+            dw_hh = dparams["weight_hh" + sfx]
+            np.matmul(dah1.reshape(T * B, G1H).T, hp2d, out=dw_hh[:G1H])
+            if spec.two_stage:
+                np.matmul(dah2.reshape(T * B, G2H).T, buf["u"].reshape(T * B, H),
+                          out=dw_hh[G1H:])
+            if dims.bias:
+                np.sum(dax2d, axis=0, out=dparams["bias_ih" + sfx])
+                db_hh = dparams["bias_hh" + sfx]
+                np.sum(dah1.reshape(T * B, G1H), axis=0, out=db_hh[:G1H])
+                if spec.two_stage:
+                    np.sum(dah2.reshape(T * B, G2H), axis=0, out=db_hh[G1H:])
+            if P:
+                m2d = buf["st"][0, 1:].reshape(T * B, H)
+                np.matmul(dhist.reshape(T * B, Hr).T, m2d, out=dparams["weight_hr" + sfx])
+            if d == 0:
+                np.matmul(dax2d, group["weight_ih"], out=dx2d)
+            else:
+                tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n))
+                np.matmul(dax2d, group["weight_ih"], out=tmp)
+                dx2d += tmp
+        d_out = dx_k
+        has_dy = True
+    return d_out, dstate0, dparams

@@ -1,0 +1,237 @@
+"""Parameter sets: PyTorch state_dict keys and shapes, parsed, checked and initialised.
+
+Keys follow ``torch.nn.LSTM`` / ``torch.nn.GRU``'s ``state_dict()`` exactly::
+
+    weight_ih_l{k}[_reverse]  [G*H, I]  (layer 0) or [G*H, D*Hr] (layer k > 0)
+    weight_hh_l{k}[_reverse]  [G*H, Hr]         Hr = proj_size if proj_size else H
+    bias_ih_l{k}[_reverse]    [G*H]             (absent everywhere for bias=False)
+    bias_hh_l{k}[_reverse]    [G*H]
+    weight_hr_l{k}[_reverse]  [P, H]            (LSTM with proj_size = P only)
+
+plus ``{prefix}_l{k}[_reverse]`` of shape [n*H] for each extra parameter ``(prefix, n)``
+that a cell spec declares. G is the cell's gate count (LSTM 4, GRU 3).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Mapping
+
+import numpy as np
+
+from .cells.spec import CellSpec
+from .errors import DTypeError, ParameterError
+
+__all__ = ["Dims", "parse_params", "init_params_for_spec", "param_keys"]
+
+_KEY = re.compile(r"^([A-Za-z_]+?)_l(\d+)(_reverse)?$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Dims:
+    """Sizes of a network, read from its parameters."""
+
+    num_layers: int
+    num_directions: int
+    input_size: int
+    hidden_size: int
+    proj_size: int
+    bias: bool
+
+    @property
+    def hr(self) -> int:
+        """Size of the recurrent input and of the output per direction."""
+        return self.proj_size or self.hidden_size
+
+
+def _suffix(d: int) -> str:
+    return "_reverse" if d else ""
+
+
+def param_keys(spec: CellSpec, num_layers: int, num_directions: int, bias: bool = True,
+               proj: bool = False) -> list[str]:
+    """All keys of a parameter set, in PyTorch's state_dict order."""
+    keys = []
+    for k in range(num_layers):
+        for d in range(num_directions):
+            sfx = f"_l{k}{_suffix(d)}"
+            keys += [f"weight_ih{sfx}", f"weight_hh{sfx}"]
+            if bias:
+                keys += [f"bias_ih{sfx}", f"bias_hh{sfx}"]
+            if proj:
+                keys.append(f"weight_hr{sfx}")
+            keys += [f"{prefix}{sfx}" for prefix, _ in spec.extra_params]
+    return keys
+
+
+def _as_param_array(key: str, value) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way
+        raise DTypeError(f"params[{key!r}] is not convertible to a NumPy array: {exc}") from None
+    if arr.dtype not in (np.float32, np.float64):
+        raise DTypeError(
+            f"params[{key!r}] must be float32 or float64, got dtype {arr.dtype}"
+            " (convert with .astype(np.float32) first)"
+        )
+    return arr
+
+
+def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[list[dict]]]:
+    """Check a parameter mapping against a cell spec and read the network's sizes.
+
+    Parameters
+    ----------
+    spec : CellSpec
+        The concrete cell.
+    params : mapping of str to array
+        PyTorch state_dict keys and shapes (see the module docstring).
+
+    Returns
+    -------
+    dims : Dims
+    dtype : numpy.dtype
+        float32 or float64, shared by every parameter.
+    layers : list of list of dict
+        ``layers[k][d][prefix]`` is the C-contiguous array for that key (the caller's own
+        array when it already is C-contiguous; never written to).
+
+    Raises
+    ------
+    TypeError
+        ``params`` is not a mapping; a value is not float32/float64; dtypes differ.
+    ValueError
+        A key is unknown, missing or has the wrong shape (the message names the key, the
+        expected shape and the shape found).
+    """
+    if not isinstance(params, Mapping):
+        raise DTypeError(f"params must be a mapping of name to array, got {type(params).__name__}")
+    rows = spec.param_rows()
+    known = set(rows) | {"weight_hr"}
+    found: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+    for key, value in params.items():
+        m = _KEY.match(key) if isinstance(key, str) else None
+        if m is None or m.group(1) not in known:
+            raise ParameterError(
+                f"params has unknown key {key!r} for cell {spec.name!r}; expected keys like "
+                f"{sorted(known)} + '_l<k>' [+ '_reverse']"
+            )
+        prefix, layer, rev = m.group(1), int(m.group(2)), bool(m.group(3))
+        found.setdefault((layer, int(rev)), {})[prefix] = _as_param_array(key, value)
+    if not found:
+        raise ParameterError("params is empty; expected at least weight_ih_l0 and weight_hh_l0")
+    num_layers = max(k for k, _ in found) + 1
+    num_directions = 2 if any(d for _, d in found) else 1
+    dtypes = {a.dtype for group in found.values() for a in group.values()}
+    if len(dtypes) > 1:
+        raise DTypeError(f"params mix dtypes {sorted(str(d) for d in dtypes)}; use one of float32/float64")
+    dtype = dtypes.pop()
+
+    w_hh0 = found.get((0, 0), {}).get("weight_hh")
+    if w_hh0 is None or w_hh0.ndim != 2:
+        raise ParameterError("params['weight_hh_l0'] is missing or not 2-D [G*hidden_size, hidden_size]")
+    G = spec.num_gates
+    if w_hh0.shape[0] % G or w_hh0.shape[0] == 0:
+        raise ParameterError(
+            f"params['weight_hh_l0'] has {w_hh0.shape[0]} rows, expected a positive multiple of "
+            f"{G} (= {G} gates {''.join(spec.gate_names)} x hidden_size) for cell {spec.name!r}"
+        )
+    H = w_hh0.shape[0] // G
+    has_proj = "weight_hr" in found[(0, 0)]
+    if has_proj and not spec.supports_projection:
+        raise ParameterError(f"cell {spec.name!r} does not support projection (weight_hr_* keys)")
+    P = found[(0, 0)]["weight_hr"].shape[0] if has_proj and found[(0, 0)]["weight_hr"].ndim == 2 else 0
+    if has_proj and not 0 < P < H:
+        raise ParameterError(
+            f"params['weight_hr_l0'] must be [proj_size, hidden_size] with 0 < proj_size < "
+            f"hidden_size={H}, got shape {found[(0, 0)]['weight_hr'].shape}"
+        )
+    Hr = P or H
+    has_bias = "bias_ih" in found[(0, 0)] or "bias_hh" in found[(0, 0)]
+    w_ih0 = found[(0, 0)].get("weight_ih")
+    if w_ih0 is None or w_ih0.ndim != 2:
+        raise ParameterError("params['weight_ih_l0'] is missing or not 2-D [G*hidden_size, input_size]")
+    I = w_ih0.shape[1]
+
+    expected = set(param_keys(spec, num_layers, num_directions, has_bias, has_proj))
+    given = set(params)
+    missing = sorted(expected - given)
+    if missing:
+        raise ParameterError(
+            f"params is missing key(s) {missing} for a {num_layers}-layer "
+            f"{'bidirectional ' if num_directions == 2 else ''}{spec.name} "
+            f"(bias={has_bias}, projection={has_proj})"
+        )
+    extra = sorted(given - expected)
+    if extra:
+        raise ParameterError(
+            f"params has inconsistent key(s) {extra} (layer 0 sets bias={has_bias}, "
+            f"projection={has_proj}, {num_layers} layer(s), {num_directions} direction(s))"
+        )
+
+    layers: list[list[dict]] = []
+    for k in range(num_layers):
+        per_dir = []
+        in_size = I if k == 0 else num_directions * Hr
+        for d in range(num_directions):
+            group = found[(k, d)]
+            shapes = {"weight_ih": (G * H, in_size), "weight_hh": (G * H, Hr)}
+            if has_bias:
+                shapes["bias_ih"] = shapes["bias_hh"] = (G * H,)
+            if has_proj:
+                shapes["weight_hr"] = (P, H)
+            for prefix, n in spec.extra_params:
+                shapes[prefix] = (n * H,)
+            arrays = {}
+            for prefix, shape in shapes.items():
+                a = group[prefix]
+                if a.shape != shape:
+                    raise ParameterError(
+                        f"params['{prefix}_l{k}{_suffix(d)}'] must have shape {list(shape)}, "
+                        f"got {list(a.shape)} (input_size={in_size}, hidden_size={H}"
+                        f"{f', proj_size={P}' if P else ''}, {G} gates)"
+                    )
+                arrays[prefix] = np.ascontiguousarray(a)
+            per_dir.append(arrays)
+        layers.append(per_dir)
+    dims = Dims(num_layers, num_directions, I, H, P, has_bias)
+    return dims, np.dtype(dtype), layers
+
+
+def init_params_for_spec(spec: CellSpec, input_size: int, hidden_size: int, num_layers: int,
+                         bidirectional: bool, proj_size: int, dtype, seed) -> dict[str, np.ndarray]:
+    """PyTorch's default initialisation: every entry uniform in [-1/sqrt(H), 1/sqrt(H)]."""
+    for name, v, lo in (("input_size", input_size, 1), ("hidden_size", hidden_size, 1),
+                        ("num_layers", num_layers, 1), ("proj_size", proj_size, 0)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < lo:
+            raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+    if proj_size and not spec.supports_projection:
+        raise ValueError(f"cell {spec.name!r} does not support proj_size")
+    if proj_size >= hidden_size:
+        raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}, got {proj_size}")
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise DTypeError(f"dtype must be float32 or float64, got {dtype}")
+    rng = np.random.default_rng(seed)
+    bound = 1.0 / math.sqrt(hidden_size)
+    D = 2 if bidirectional else 1
+    G, H, Hr = spec.num_gates, hidden_size, proj_size or hidden_size
+    out = {}
+    for key in param_keys(spec, num_layers, D, True, bool(proj_size)):
+        prefix, layer = _KEY.match(key).group(1), int(_KEY.match(key).group(2))
+        if prefix == "weight_ih":
+            shape = (G * H, input_size if layer == 0 else D * Hr)
+        elif prefix == "weight_hh":
+            shape = (G * H, Hr)
+        elif prefix in ("bias_ih", "bias_hh"):
+            shape = (G * H,)
+        elif prefix == "weight_hr":
+            shape = (proj_size, H)
+        else:
+            shape = (dict(spec.extra_params)[prefix] * H,)
+        out[key] = rng.uniform(-bound, bound, size=shape).astype(dtype)
+    return out

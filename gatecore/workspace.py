@@ -1,0 +1,106 @@
+"""The workspace: every buffer that forward and backward need, allocated once and reused.
+
+A :class:`Workspace` owns flat arrays, one per named buffer, and hands out C-contiguous
+views of the shape a call needs. Buffers are sized for ``max_seq_len`` and ``max_batch``
+when those are given (otherwise for the largest call so far), so repeated calls of the same
+or smaller size allocate nothing. Each forward call that uses the workspace starts a new
+*generation*; a tape remembers its generation and ``backward`` refuses a tape whose
+buffers have since been overwritten (:class:`~gatecore.errors.StaleTapeError`).
+
+Arrays returned by ``gatecore.forward`` / ``backward`` with a workspace are views into it
+(as cuDNN's reserve space and outputs are): they stay valid until the next call that uses
+the same workspace. Copy them to keep them longer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["Workspace"]
+
+
+class Workspace:
+    """Reusable buffers for :func:`gatecore.forward` and :func:`gatecore.backward`.
+
+    Parameters
+    ----------
+    max_seq_len : int, optional
+        Largest sequence length T the workspace should be sized for up front.
+    max_batch : int, optional
+        Largest batch size B the workspace should be sized for up front.
+    device : {"cpu"}
+        Where the buffers live. Only ``"cpu"`` exists in this version.
+
+    Raises
+    ------
+    ValueError
+        If ``max_seq_len`` or ``max_batch`` is negative, or ``device`` is unknown.
+
+    Examples
+    --------
+    >>> import numpy as np, gatecore
+    >>> params = gatecore.init_params("lstm", 8, 16, seed=0)
+    >>> ws = gatecore.Workspace(max_seq_len=20, max_batch=4)
+    >>> x = np.zeros((20, 4, 8), np.float32)
+    >>> y, state_n, tape = gatecore.forward("lstm", x, params, workspace=ws)
+    >>> y.shape
+    (20, 4, 16)
+    """
+
+    def __init__(self, max_seq_len: int | None = None, max_batch: int | None = None,
+                 device: str = "cpu") -> None:
+        for name, v in (("max_seq_len", max_seq_len), ("max_batch", max_batch)):
+            if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
+                raise ValueError(f"{name} must be a non-negative int or None, got {v!r}")
+        if device != "cpu":
+            raise ValueError(f"device must be 'cpu', got {device!r}")
+        self.max_seq_len = int(max_seq_len or 0)
+        self.max_batch = int(max_batch or 0)
+        self.device = device
+        self.generation = 0
+        self._buffers: dict[str, np.ndarray] = {}
+        self._shape = (0, 0)
+
+    # ----------------------------------------------------------------- internal
+    def _begin(self, T: int, B: int) -> int:
+        """Start a new call of size (T, B); return its generation."""
+        self.generation += 1
+        self._shape = (T, B)
+        return self.generation
+
+    def get(self, name: str, dtype: np.dtype, shape_of: Callable[[int, int], tuple[int, ...]],
+            zero: bool = False) -> np.ndarray:
+        """Return a C-contiguous view of buffer ``name`` with shape ``shape_of(T, B)``.
+
+        The underlying flat buffer is sized for ``shape_of(max(T, max_seq_len),
+        max(B, max_batch))`` and reallocated only when a call needs more room or another dtype.
+        """
+        T, B = self._shape
+        shape = tuple(int(s) for s in shape_of(T, B))
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < n:
+            cap = math.prod(shape_of(max(T, self.max_seq_len), max(B, self.max_batch)))
+            buf = np.empty(max(cap, n, 1), dtype=dtype)
+            self._buffers[name] = buf
+        view = buf[:n].reshape(shape)
+        if zero:
+            view.fill(0)
+        return view
+
+    @property
+    def nbytes(self) -> int:
+        """Total bytes held by the workspace's buffers."""
+        return sum(b.nbytes for b in self._buffers.values())
+
+    def clear(self) -> None:
+        """Release every buffer (tapes made with this workspace become invalid)."""
+        self._buffers.clear()
+        self.generation += 1
+
+    def __repr__(self) -> str:
+        return (f"Workspace(max_seq_len={self.max_seq_len}, max_batch={self.max_batch}, "
+                f"device={self.device!r}, buffers={len(self._buffers)}, nbytes={self.nbytes})")
