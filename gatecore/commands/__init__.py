@@ -1,0 +1,8 @@
+"""Sub-commands of the ``gatecore`` console script, one module each.
+
+Each module defines ``add_parser(subparsers)``; the order here is the order in ``--help``.
+"""
+
+from . import cells, demo
+
+COMMANDS = [demo, cells]
