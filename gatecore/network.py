@@ -111,8 +111,6 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
             ex = _extras(spec, dims, group, ws, dtype, tag)
             if T * B:
                 np.matmul(in2d, group["weight_ih"].T, out=gx.reshape(T * B, GH))
-                if dims.bias:
-                    gx += group["bias_ih"]
             idx = k * D + d
             hp[0] = state0[0][idx]
             if dims.proj_size:
@@ -121,9 +119,10 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
                 st[0, 0] = state0[0][idx]
             for s in range(1, S):
                 st[s, 0] = state0[s][idx]
+            bih = group["bias_ih"] if dims.bias else zeros_bias
             bhh = group["bias_hh"] if dims.bias else zeros_bias
             whr = group["weight_hr"] if dims.proj_size else no_whr
-            mod.forward_dir(gx, group["weight_hh"], bhh, whr, ex, lengths, bool(d), keep,
+            mod.forward_dir(gx, bih, group["weight_hh"], bhh, whr, ex, lengths, bool(d), keep,
                             hp, st, u, tp, ah, gh1, gh2, pbuf, y, d * Hr)
             last = T if keep else T % 2
             state_n[0][idx] = hp[last]
@@ -187,6 +186,8 @@ def run_backward(tape: Tape, dy, dstate_n):
                 key = prefix + _sfx(k, d)
                 dparams[key] = ws.get("g_" + key, dtype, lambda T_, B_, sh=arr.shape: sh)
 
+    ones = ws.get("b_ones", dtype, lambda T_, B_: (T_ * B_,))
+    ones.fill(1)
     d_out = dy
     has_dy = dy is not None
     dummy_dy = ws.get("b_nody", dtype, lambda T_, B_: (1, 1, 1))
@@ -232,12 +233,12 @@ def run_backward(tape: Tape, dy, dstate_n):
             if spec.two_stage:
                 np.matmul(dah2.reshape(T * B, G2H).T, buf["u"].reshape(T * B, H),
                           out=dw_hh[G1H:])
-            if dims.bias:
-                np.sum(dax2d, axis=0, out=dparams["bias_ih" + sfx])
+            if dims.bias:  # column sums as GEMV with a ones vector (no reduction buffers)
+                np.matmul(ones, dax2d, out=dparams["bias_ih" + sfx])
                 db_hh = dparams["bias_hh" + sfx]
-                np.sum(dah1.reshape(T * B, G1H), axis=0, out=db_hh[:G1H])
+                np.matmul(ones, dah1.reshape(T * B, G1H), out=db_hh[:G1H])
                 if spec.two_stage:
-                    np.sum(dah2.reshape(T * B, G2H), axis=0, out=db_hh[G1H:])
+                    np.matmul(ones, dah2.reshape(T * B, G2H), out=db_hh[G1H:])
             if P:
                 m2d = buf["st"][0, 1:].reshape(T * B, H)
                 np.matmul(dhist.reshape(T * B, Hr).T, m2d, out=dparams["weight_hr" + sfx])

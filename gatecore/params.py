@@ -142,6 +142,14 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
         )
     H = w_hh0.shape[0] // G
     has_proj = "weight_hr" in found[(0, 0)]
+    if not has_proj and w_hh0.shape[1] != H:
+        ratio = w_hh0.shape[0] / w_hh0.shape[1] if w_hh0.shape[1] else 0
+        hint = (f"; these look like parameters of a {ratio:g}-gate cell"
+                if ratio == int(ratio) and ratio != G else "")
+        raise ParameterError(
+            f"params['weight_hh_l0'] is {list(w_hh0.shape)}, expected [{G}*hidden_size, hidden_size] "
+            f"for cell {spec.name!r} ({G} gates {' '.join(spec.gate_names)}){hint}"
+        )
     if has_proj and not spec.supports_projection:
         raise ParameterError(f"cell {spec.name!r} does not support projection (weight_hr_* keys)")
     P = found[(0, 0)]["weight_hr"].shape[0] if has_proj and found[(0, 0)]["weight_hr"].ndim == 2 else 0

@@ -1,0 +1,141 @@
+"""Every kind of bad input raises a clear ValueError/TypeError naming the argument."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gatecore
+from gatecore.errors import DTypeError, ParameterError, ShapeError, StaleTapeError, UnknownCellError
+
+
+@pytest.fixture
+def p():
+    return gatecore.init_params("lstm", 3, 4, num_layers=2, bidirectional=True, dtype=np.float32, seed=0)
+
+
+@pytest.fixture
+def x():
+    return np.zeros((5, 2, 3), np.float32)
+
+
+def raises(exc, match, fn, *a, **kw):
+    with pytest.raises(exc, match=match):
+        fn(*a, **kw)
+
+
+def test_unknown_cell_lists_known(x, p):
+    with pytest.raises(UnknownCellError, match=r"unknown cell 'lsmt'.*'gru'.*'lstm'"):
+        gatecore.forward("lsmt", x, p)
+    assert issubclass(UnknownCellError, ValueError)
+
+
+def test_unknown_cell_option(x):
+    pg = gatecore.init_params("gru", 3, 4)
+    raises(TypeError, "unknown option.*reset_afterr.*reset_after", gatecore.forward, "gru", x, pg,
+           reset_afterr=False)
+    raises(TypeError, "takes no options", gatecore.forward, "lstm", x,
+           gatecore.init_params("lstm", 3, 4), reset_after=False)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((5, 2), r"input_size 2"),
+    ((5, 2, 4), r"x has input_size 4.*input_size=3"),
+    ((5, 2, 3, 1), r"x must be 3-D"),
+    ((3,), r"x must be 3-D"),
+])
+def test_x_shape(p, shape, match):
+    raises(ShapeError, match, gatecore.forward, "lstm", np.zeros(shape, np.float32), p)
+
+
+def test_x_dtype(p, x):
+    raises(DTypeError, r"x has dtype float64 but the parameters are float32", gatecore.lstm, x.astype(np.float64), p)
+    raises(DTypeError, r"x must be a real float", gatecore.lstm, x.astype(np.complex64), p)
+    raises(DTypeError, r"x must be a real float", gatecore.lstm, np.array([[["a"]]]), p)
+
+
+def test_state_shapes_and_dtypes(p, x):
+    raises(ShapeError, r"h0 must have shape \[4, 2, 4\]", gatecore.lstm, x, p, np.zeros((2, 2, 4), np.float32))
+    raises(ShapeError, r"c0 must have shape \[4, 2, 4\]", gatecore.lstm, x, p, None, np.zeros((4, 3, 4), np.float32))
+    raises(DTypeError, r"h0 has dtype float64", gatecore.lstm, x, p, np.zeros((4, 2, 4)))
+    raises(ValueError, r"state0 must be a tuple of 2 arrays", gatecore.forward, "lstm", x, p,
+           (np.zeros((4, 2, 4), np.float32),))
+
+
+@pytest.mark.parametrize("lengths,exc,match", [
+    ([5, 6], ValueError, r"lengths must lie in \[0, T=5\]"),
+    ([-1, 2], ValueError, r"lengths must lie in \[0, T=5\]"),
+    ([5], ShapeError, r"lengths must be 1-D with one entry per batch item \(2\)"),
+    ([[5, 5]], ShapeError, r"lengths must be 1-D"),
+    ([np.nan, 2], ValueError, r"lengths must be finite"),
+    ([np.inf, 2], ValueError, r"lengths must be finite"),
+    ([2.5, 2], ValueError, r"whole numbers"),
+    ([True, False], DTypeError, r"lengths must hold integers"),
+    (["a", "b"], DTypeError, r"lengths must hold integers"),
+])
+def test_lengths(p, x, lengths, exc, match):
+    raises(exc, match, gatecore.lstm, x, p, lengths=lengths)
+
+
+def test_params_errors(x, p):
+    q = dict(p)
+    del q["bias_hh_l1_reverse"]
+    raises(ParameterError, r"missing key\(s\) \['bias_hh_l1_reverse'\]", gatecore.lstm, x, q)
+    q = dict(p, weight_ih_l5=p["weight_ih_l0"])
+    raises(ParameterError, r"missing key", gatecore.lstm, x, q)
+    q = dict(p, foo_l0=p["bias_ih_l0"])
+    raises(ParameterError, r"unknown key 'foo_l0'", gatecore.lstm, x, q)
+    q = dict(p, weight_hh_l0=p["weight_hh_l0"][:, :3])
+    raises(ParameterError, r"weight_hh_l0'\] is \[16, 3\], expected \[4\*hidden_size, hidden_size\]", gatecore.lstm, x, q)
+    q = dict(p, weight_hh_l1=p["weight_hh_l1"][:, :3])
+    raises(ParameterError, r"weight_hh_l1'\] must have shape \[16, 4\], got \[16, 3\]", gatecore.lstm, x, q)
+    q = dict(p, weight_ih_l1=p["weight_ih_l1"][:, :4])
+    raises(ParameterError, r"weight_ih_l1'\] must have shape \[16, 8\]", gatecore.lstm, x, q)
+    q = dict(p, bias_ih_l0=p["bias_ih_l0"].astype(np.float64))
+    raises(DTypeError, r"params mix dtypes", gatecore.lstm, x, q)
+    q = {k: v.astype(np.float16) for k, v in p.items()}
+    raises(DTypeError, r"float32 or float64", gatecore.lstm, x, q)
+    raises(DTypeError, r"params must be a mapping", gatecore.lstm, x, [1, 2])
+    raises(ParameterError, r"params is empty", gatecore.lstm, x, {})
+    pg = gatecore.init_params("gru", 3, 4)
+    raises(ParameterError, r"expected \[4\*hidden_size, hidden_size\].*3-gate cell", gatecore.lstm, x, pg)
+    pg["weight_hr_l0"] = np.zeros((2, 4), np.float32)
+    raises(ParameterError, r"does not support projection", gatecore.gru, x, pg)
+
+
+def test_backward_errors(p, x):
+    y, sn, tape = gatecore.forward("lstm", x, p)
+    raises(ShapeError, r"dy must have the shape of y \[5, 2, 8\]", gatecore.backward, tape, np.zeros((5, 2, 4), np.float32))
+    raises(DTypeError, r"dy has dtype float64", gatecore.backward, tape, np.zeros((5, 2, 8)))
+    raises(ShapeError, r"dstate_n\[1\] \(dc_n\) must have shape", gatecore.backward, tape, None,
+           (None, np.zeros((1, 2, 4), np.float32)))
+    raises(TypeError, r"tape must be the Tape", gatecore.backward, "tape", None)
+    _, _, none_tape = gatecore.forward("lstm", x, p, training=False)
+    raises(TypeError, r"tape must be the Tape", gatecore.backward, none_tape, None)
+
+
+def test_stale_tape_raises(p, x):
+    ws = gatecore.Workspace()
+    _, _, tape1 = gatecore.forward("lstm", x, p, workspace=ws)
+    gatecore.backward(tape1, np.ones((5, 2, 8), np.float32))  # fine, and may be repeated
+    gatecore.backward(tape1, np.ones((5, 2, 8), np.float32))
+    _, _, tape2 = gatecore.forward("lstm", x, p, workspace=ws)
+    raises(StaleTapeError, r"tape is stale", gatecore.backward, tape1, np.ones((5, 2, 8), np.float32))
+    gatecore.backward(tape2, None)
+
+
+def test_other_arguments(p, x):
+    raises(TypeError, r"batch_first must be True or False", gatecore.lstm, x, p, batch_first="yes")
+    raises(TypeError, r"workspace must be a gatecore.Workspace", gatecore.lstm, x, p, workspace={})
+    raises(ValueError, r"max_seq_len must be", gatecore.Workspace, -1)
+    raises(ValueError, r"hidden_size must be an int >= 1", gatecore.init_params, "lstm", 3, 0)
+    raises(ValueError, r"proj_size must be smaller", gatecore.init_params, "lstm", 3, 4, proj_size=4)
+    raises(ValueError, r"does not support proj_size", gatecore.init_params, "gru", 3, 4, proj_size=2)
+
+
+def test_cuda_array_is_refused_clearly(p):
+    class FakeCuda:
+        __cuda_array_interface__ = {"shape": (5, 2, 3), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    with pytest.raises((TypeError, RuntimeError), match="CUDA"):
+        gatecore.lstm(FakeCuda(), p)

@@ -1,0 +1,132 @@
+"""LSTM and GRU (reset after) against torch.nn.LSTM / torch.nn.GRU on random configurations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gatecore
+from conftest import assert_close
+
+torch = pytest.importorskip("torch")
+import torch_oracle  # noqa: E402
+
+
+@st.composite
+def configs(draw):
+    cell = draw(st.sampled_from(["lstm", "gru"]))
+    H = draw(st.integers(1, 6))
+    return dict(
+        cell=cell,
+        dtype=draw(st.sampled_from([np.float64, np.float32])),
+        L=draw(st.integers(1, 3)),
+        bidirectional=draw(st.booleans()),
+        T=draw(st.integers(1, 7)),
+        B=draw(st.integers(1, 4)),
+        I=draw(st.integers(1, 5)),
+        H=H,
+        P=draw(st.integers(0, H - 1)) if cell == "lstm" else 0,
+        bias=draw(st.booleans()),
+        batch_first=draw(st.booleans()),
+        use_lengths=draw(st.booleans()),
+        give_h0=draw(st.booleans()),
+        seed=draw(st.integers(0, 2**31 - 1)),
+    )
+
+
+def _case(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    dtype = cfg["dtype"]
+    torch.manual_seed(cfg["seed"] % 10000)
+    m = torch_oracle.make_module(cfg["cell"], cfg["I"], cfg["H"], cfg["L"], cfg["bidirectional"],
+                                 cfg["P"], cfg["bias"], dtype)
+    params = {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+    T, B, D = cfg["T"], cfg["B"], 2 if cfg["bidirectional"] else 1
+    Hr = cfg["P"] or cfg["H"]
+    x = rng.standard_normal((B, T, cfg["I"]) if cfg["batch_first"] else (T, B, cfg["I"])).astype(dtype)
+    lengths = rng.integers(1, T + 1, size=B) if cfg["use_lengths"] else None
+    widths = [Hr] + ([cfg["H"]] if cfg["cell"] == "lstm" else [])
+    state0 = tuple(rng.standard_normal((cfg["L"] * D, B, w)).astype(dtype) for w in widths)
+    if not cfg["give_h0"]:
+        state0 = tuple(np.zeros_like(s) for s in state0)
+    dy = rng.standard_normal(x.shape[:2] + (D * Hr,)).astype(dtype)
+    if lengths is not None:  # torch zero-fills padded outputs; match by giving them no gradient
+        for b, n in enumerate(lengths):
+            if cfg["batch_first"]:
+                dy[b, n:] = 0
+            else:
+                dy[n:, b] = 0
+    dstate_n = tuple(rng.standard_normal(s.shape).astype(dtype) for s in state0)
+    return m, params, x, lengths, state0, dy, dstate_n
+
+
+@settings(max_examples=60)
+@given(cfg=configs())
+def test_matches_torch(cfg):
+    m, params, x, lengths, state0, dy, dstate_n = _case(cfg)
+    dtype = cfg["dtype"]
+    before = {k: v.copy() for k, v in params.items()}
+    x_before = x.copy()
+    y, state_n, tape = gatecore.forward(cfg["cell"], x, params, state0 if cfg["give_h0"] else None,
+                                        lengths=lengths, batch_first=cfg["batch_first"])
+    dx, dstate0, dparams = gatecore.backward(tape, dy, dstate_n)
+    ry, rstate_n, rdx, rdstate0, rdparams = torch_oracle.run(
+        m, cfg["cell"], x, state0, lengths, cfg["batch_first"], dy, dstate_n)
+    assert_close(y, ry, dtype, "y")
+    for a, b in zip(state_n, rstate_n):
+        assert_close(a, b, dtype, "state_n")
+    assert_close(dx, rdx, dtype, "dx")
+    for a, b in zip(dstate0, rdstate0):
+        assert_close(a, b, dtype, "dstate0")
+    assert set(dparams) == set(params)
+    for k in params:
+        assert dparams[k].shape == params[k].shape
+        assert_close(dparams[k], rdparams[k], dtype, k)
+    # never writes into the caller's arrays
+    assert np.array_equal(x, x_before)
+    for k in params:
+        assert np.array_equal(params[k], before[k])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_convenience_functions_match_forward(cell, rng):
+    p = gatecore.init_params(cell, 3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    x = rng.standard_normal((5, 2, 3))
+    y_f, st_f, tape = gatecore.forward(cell, x, p, training=False)
+    assert tape is None
+    if cell == "lstm":
+        y, (h, c) = gatecore.lstm(x, p)
+        np.testing.assert_array_equal(c, st_f[1])
+    else:
+        y, h = gatecore.gru(x, p)
+    np.testing.assert_array_equal(y, y_f)
+    np.testing.assert_array_equal(h, st_f[0])
+    # inference path equals the taped path bitwise
+    y_t, st_t, _ = gatecore.forward(cell, x, p)
+    np.testing.assert_array_equal(y, y_t)
+
+
+def test_unbatched_input_like_torch(rng):
+    m = torch.nn.LSTM(3, 4, num_layers=2).double()
+    p = {k: v.detach().numpy() for k, v in m.state_dict().items()}
+    x = rng.standard_normal((6, 3))
+    y, (h, c) = gatecore.lstm(x, p)
+    ry, (rh, rc) = m(torch.tensor(x))
+    assert y.shape == (6, 4) and h.shape == (2, 4)
+    assert_close(y, ry.detach().numpy(), np.float64)
+    assert_close(c, rc.detach().numpy(), np.float64)
+
+
+def test_init_params_matches_torch_layout():
+    for cell, mod in (("lstm", torch.nn.LSTM), ("gru", torch.nn.GRU)):
+        kw = dict(proj_size=2) if cell == "lstm" else {}
+        m = mod(5, 7, num_layers=2, bidirectional=True, **kw)
+        p = gatecore.init_params(cell, 5, 7, num_layers=2, bidirectional=True, **kw)
+        ref = m.state_dict()
+        assert list(p) == list(ref)
+        for k in ref:
+            assert p[k].shape == tuple(ref[k].shape), k
+            assert p[k].dtype == np.float32
+        m.load_state_dict({k: torch.tensor(v) for k, v in p.items()})
