@@ -20,9 +20,21 @@ from .workspace import Workspace
 
 __version__ = "0.1.0"
 
+#: The CUDA backend's public names, imported on first use so that ``import gatecore``
+#: never imports numba.cuda (gatecore.cuda_network itself imports without a GPU too).
+_CUDA_NAMES = ("to_device", "DeviceParams", "CudaTape", "CudaUnavailableError")
+
+
+def __getattr__(name):
+    if name in _CUDA_NAMES:
+        from . import cuda_network
+        return getattr(cuda_network, name)
+    raise AttributeError(f"module 'gatecore' has no attribute {name!r}")
+
 __all__ = [
     "lstm", "gru", "forward", "backward", "init_params", "list_cells", "get_cell",
     "register_cell", "CellSpec", "Tape", "Workspace", "hookimpl",
     "GatecoreError", "ShapeError", "DTypeError", "ParameterError", "UnknownCellError",
     "CellSpecError", "StaleTapeError", "PluginError", "__version__",
+    *_CUDA_NAMES,
 ]

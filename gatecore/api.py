@@ -33,8 +33,9 @@ __all__ = ["forward", "backward", "lstm", "gru", "init_params", "list_cells", "g
 def _to_numpy(name: str, value) -> np.ndarray:
     if hasattr(value, "__cuda_array_interface__"):
         raise TypeError(
-            f"{name} is a CUDA array; this version of gatecore runs on the CPU only: "
-            "copy it to the host first (for example with .copy_to_host() or .cpu().numpy())"
+            f"{name} is a CUDA array but this call runs on the CPU (x is a host array): pass x "
+            "on the GPU too (or workspace=Workspace(device='cuda')), or copy it to the host "
+            "(for example with .copy_to_host() or .cpu().numpy())"
         )
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor on the CPU
         value = value.detach().cpu().numpy()
@@ -173,6 +174,20 @@ def _out_state(states, unbatched):
     return tuple(s[:, 0, :] if unbatched else s for s in states)
 
 
+def _runs_on_cuda(x, params, workspace) -> bool:
+    """GPU dispatch: a CUDA ``x``, device parameters or a CUDA workspace."""
+    if getattr(workspace, "device", "cpu") == "cuda" or getattr(params, "device", None) == "cuda":
+        return True
+    if getattr(x, "is_cuda", False) is True:  # torch CUDA tensor (even with requires_grad)
+        return True
+    if getattr(x, "__cuda_ndarray__", False):  # a Numba device array
+        return True
+    try:
+        return hasattr(x, "__cuda_array_interface__")
+    except Exception:  # noqa: BLE001
+        return False
+
+
 # --------------------------------------------------------------------------- public API
 def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first: bool = False,
             workspace: Workspace | None = None, training: bool = True, **cell_options: Any):
@@ -236,6 +251,10 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
     >>> y.shape, h_n.shape
     ((4, 2, 5), (1, 2, 5))
     """
+    if _runs_on_cuda(x, params, workspace):  # the GPU twin (gatecore.cuda_network)
+        from .cuda_network import cuda_forward
+        return cuda_forward(cell, x, params, state0, lengths=lengths, batch_first=batch_first,
+                            workspace=workspace, training=training, **cell_options)
     spec, dims, dtype, layers, x0, states, lens, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
     y, state_n, tape = run_forward(spec, dims, layers, x0, states, lens, ws, bool(training),
@@ -271,6 +290,9 @@ def backward(tape: Tape, dy=None, dstate_n=None):
     ShapeError (ValueError), DTypeError (TypeError)
         ``dy`` or ``dstate_n`` of the wrong shape or dtype.
     """
+    if getattr(tape, "device", "cpu") == "cuda":  # a tape made on the GPU
+        from .cuda_network import cuda_backward
+        return cuda_backward(tape, dy, dstate_n)
     if not isinstance(tape, Tape):
         raise TypeError(
             f"tape must be the Tape returned by gatecore.forward(..., training=True), got {type(tape).__name__}"

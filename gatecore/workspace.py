@@ -22,6 +22,14 @@ import numpy as np
 __all__ = ["Workspace"]
 
 
+def _host_empty(n: int, dtype) -> np.ndarray:
+    return np.empty(n, dtype=dtype)
+
+
+def _host_fill0(view: np.ndarray) -> None:
+    view.fill(0)
+
+
 class Workspace:
     """Reusable buffers for :func:`gatecore.forward` and :func:`gatecore.backward`.
 
@@ -31,13 +39,16 @@ class Workspace:
         Largest sequence length T the workspace should be sized for up front.
     max_batch : int, optional
         Largest batch size B the workspace should be sized for up front.
-    device : {"cpu"}
-        Where the buffers live. Only ``"cpu"`` exists in this version.
+    device : {"cpu", "cuda"}
+        Where the buffers live. ``"cuda"``: Numba device arrays on the current GPU, and calls
+        that use this workspace run there (see :mod:`gatecore.cuda_network`).
 
     Raises
     ------
     ValueError
         If ``max_seq_len`` or ``max_batch`` is negative, or ``device`` is unknown.
+    CudaUnavailableError (RuntimeError)
+        ``device="cuda"`` without a usable GPU.
 
     Examples
     --------
@@ -55,8 +66,13 @@ class Workspace:
         for name, v in (("max_seq_len", max_seq_len), ("max_batch", max_batch)):
             if v is not None and (not isinstance(v, (int, np.integer)) or v < 0):
                 raise ValueError(f"{name} must be a non-negative int or None, got {v!r}")
-        if device != "cpu":
-            raise ValueError(f"device must be 'cpu', got {device!r}")
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        self._empty, self._fill0 = _host_empty, _host_fill0
+        if device == "cuda":  # the GPU twin: device buffers (imports numba.cuda lazily)
+            from .cuda_network import device_empty, device_fill0, require_gpu
+            require_gpu()
+            self._empty, self._fill0 = device_empty, device_fill0
         self.max_seq_len = int(max_seq_len or 0)
         self.max_batch = int(max_batch or 0)
         self.device = device
@@ -84,11 +100,11 @@ class Workspace:
         buf = self._buffers.get(name)
         if buf is None or buf.dtype != dtype or buf.size < n:
             cap = math.prod(shape_of(max(T, self.max_seq_len), max(B, self.max_batch)))
-            buf = np.empty(max(cap, n, 1), dtype=dtype)
+            buf = self._empty(max(cap, n, 1), dtype)
             self._buffers[name] = buf
         view = buf[:n].reshape(shape)
         if zero:
-            view.fill(0)
+            self._fill0(view)
         return view
 
     @property
