@@ -48,14 +48,66 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import inspect
+import types
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import numpy as np
 
 from ..errors import CellSpecError
 
 __all__ = ["CellSpec"]
 
 _BASE_PARAM_ROWS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+
+#: Positional parameters of each pointwise rule, as in the module docstring.
+_RULE_ARGS = {
+    "forward": ("ax", "ah", "sp", "ex", "sn", "tp", "j", "H"),
+    "backward": ("ax", "tp", "sp", "sn", "ex", "ds", "du", "dax", "dah", "dsp", "dex", "j", "H"),
+    "forward_stage1": ("ax", "ah", "sp", "ex", "u", "tp", "j", "H"),
+    "backward_stage2": ("ax", "tp", "sp", "sn", "ex", "ds", "dax", "dah", "dex", "j", "H"),
+}
+
+
+def _py(fn):
+    """The plain Python function behind a rule (a Numba dispatcher keeps it as ``py_func``)."""
+    return getattr(fn, "py_func", fn)
+
+
+def _helpers(fn, seen: set) -> list:
+    """Plain Python functions that ``fn`` calls through its globals, transitively."""
+    out = []
+    py = _py(fn)
+    code = getattr(py, "__code__", None)
+    if code is None:
+        return out
+    names = set(code.co_names)
+    for const in code.co_consts:  # nested code objects (rare in rules) name globals too
+        if isinstance(const, types.CodeType):
+            names |= set(const.co_names)
+    for name in sorted(names):
+        obj = getattr(py, "__globals__", {}).get(name)
+        inner = _py(obj)
+        if isinstance(inner, types.FunctionType) and inner not in seen:
+            seen.add(inner)
+            out.append(inner)
+            out += _helpers(inner, seen)
+    return out
+
+
+def _as_python(fn):
+    """A copy of rule ``fn`` whose global helpers are their plain Python versions.
+
+    Lets :meth:`CellSpec.check_rules` run a rule with NumPy's bounds checks and without
+    compiling anything (one level of helpers is unwrapped, which covers activations).
+    """
+    py = _py(fn)
+    glb = dict(py.__globals__)
+    for name in py.__code__.co_names:
+        obj = glb.get(name)
+        if obj is not None and hasattr(obj, "py_func"):
+            glb[name] = obj.py_func
+    return types.FunctionType(py.__code__, glb, py.__name__, py.__defaults__, py.__closure__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,17 +234,19 @@ class CellSpec:
         h = hashlib.sha256()
         h.update(repr((self.key, self.gate_names, self.state_names, self.tape_size,
                        self.g1, self.extra_params, self.supports_projection)).encode())
+        seen: set = set()
         for fn in (self.forward, self.backward, self.forward_stage1, self.backward_stage2):
             if fn is None:
                 h.update(b"-")
                 continue
-            py = getattr(fn, "py_func", fn)
-            try:
-                h.update(inspect.getsource(py).encode())
-            except (OSError, TypeError):
-                code = py.__code__
-                h.update(code.co_code + repr(code.co_consts).encode())
-            h.update(f"{py.__module__}.{py.__qualname__}".encode())
+            # the rule and the helpers it calls (a changed activation must change the hash)
+            for py in [_py(fn)] + _helpers(fn, seen):
+                try:
+                    h.update(inspect.getsource(py).encode())
+                except (OSError, TypeError):
+                    code = py.__code__
+                    h.update(code.co_code + repr(code.co_consts).encode())
+                h.update(f"{py.__module__}.{py.__qualname__}".encode())
         return h.hexdigest()[:16]
 
     def validate(self) -> None:
@@ -217,6 +271,21 @@ class CellSpec:
         for attr in ("forward", "backward"):
             if not callable(getattr(self, attr)):
                 raise CellSpecError(f"{who}: missing pointwise rule {attr!r}")
+        for attr, args in _RULE_ARGS.items():
+            fn = getattr(self, attr)
+            if fn is None:
+                continue
+            if not callable(fn):
+                raise CellSpecError(f"{who}: rule {attr!r} is not callable, got {type(fn).__name__}")
+            try:
+                n = len(inspect.signature(_py(fn)).parameters)
+            except (TypeError, ValueError):
+                continue
+            if n != len(args):
+                raise CellSpecError(
+                    f"{who}: rule {attr!r} takes {n} arguments, expected {len(args)}: "
+                    f"({', '.join(args)})"
+                )
         if not 1 <= self.g1 <= self.num_gates:
             raise CellSpecError(
                 f"{who}: stage1_gates must be in [1, {self.num_gates}], got {self.stage1_gates}"
@@ -239,3 +308,81 @@ class CellSpec:
                     f"{who}: extra_params entries must be unique (prefix, n>=1) pairs, got {item!r}"
                 )
             seen.add(item[0])
+
+    # ------------------------------------------------------------------ trial run
+    def check_rules(self, hidden_size: int = 3, seed: int = 0) -> None:
+        """Run the pointwise rules once in plain Python on arrays of the declared sizes.
+
+        Catches, without compiling anything, what Numba would not: a rule that reads or
+        writes past the gates, states, tape or extra parameters the spec declares (NumPy's
+        bounds checks raise where a compiled kernel would read garbage), a forward that
+        leaves a state, the tape or ``u`` unwritten, and a backward that leaves a gradient
+        unwritten or reads a tape value that forward never wrote (all caught by filling
+        the outputs with NaN first).
+
+        Raises
+        ------
+        CellSpecError
+            With the cell name, the rule and the reason.
+        """
+        who = f"cell {self.name!r}"
+        H, G, G1, S, K, E = (hidden_size, self.num_gates, self.g1, self.num_states,
+                             self.tape_size, self.num_extra)
+        rng = np.random.default_rng(seed)
+        nan = np.nan
+
+        def arr(*shape, fill=None):
+            a = rng.uniform(-0.5, 0.5, size=shape) if fill is None else np.full(shape, fill)
+            return a
+
+        ax, ah, sp, ex = arr(G * H), arr(G * H), arr(S, H), arr(E, H)
+        sn, tp, u = arr(S, H, fill=nan), arr(K * H, fill=nan), arr(H, fill=nan)
+        shapes = (f"ax/ah [{G}*H] ({G} gates {list(self.gate_names)}), sp/sn [{S}, H] "
+                  f"(states {list(self.state_names)}), tp [{K}*H] (tape_size), ex [{E}, H] "
+                  f"(extra_params), H={H}")
+
+        def call(attr, *args):
+            fn = _as_python(getattr(self, attr))
+            for j in range(H):
+                try:
+                    fn(*args, j, H)
+                except IndexError as exc:
+                    raise CellSpecError(
+                        f"{who}: rule {attr!r} indexes past the arrays the spec declares "
+                        f"({exc}); check gate_names, state_names, tape_size and extra_params "
+                        f"against the rule: {shapes}"
+                    ) from None
+                except Exception as exc:  # noqa: BLE001 - report any failure of the rule
+                    raise CellSpecError(
+                        f"{who}: rule {attr!r} raised {type(exc).__name__}: {exc} "
+                        f"in a trial run in plain Python ({shapes})"
+                    ) from None
+
+        def unwritten(attr, what, a, idx=None, hint=""):
+            bad = np.isnan(a if idx is None else a[idx])
+            if bad.any():
+                raise CellSpecError(
+                    f"{who}: rule {attr!r} leaves {what} unwritten or NaN "
+                    f"({int(bad.sum())} of {bad.size} values){hint}; {shapes}"
+                )
+
+        if self.two_stage:
+            call("forward_stage1", ax, ah, sp, ex, u, tp)
+            unwritten("forward_stage1", "u[j]", u)
+        call("forward", ax, ah, sp, ex, sn, tp)
+        unwritten("forward", "a state sn[s, j]", sn)
+        ds, dex = arr(S, H), np.zeros((E, H))
+        du = arr(H) if self.two_stage else np.zeros(H)
+        dax, dah, dsp = arr(G * H, fill=nan), arr(G * H, fill=nan), arr(S, H, fill=nan)
+        if self.two_stage:
+            call("backward_stage2", ax, tp, sp, sn, ex, ds, dax, dah, dex)
+            unwritten("backward_stage2", "dax/dah of a stage-2 gate", dax, slice(G1 * H, None))
+            unwritten("backward_stage2", "dah of a stage-2 gate", dah, slice(G1 * H, None))
+        call("backward", ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex)
+        hint = " (or it reads a tape value that forward does not write)"
+        unwritten("backward", "dax of a stage-1 gate", dax, slice(0, G1 * H), hint)
+        unwritten("backward", "dah of a stage-1 gate", dah, slice(0, G1 * H), hint)
+        unwritten("backward", "dsp[s, j]", dsp, None, hint)
+        unwritten("backward", "dex (extra-parameter gradients)", dex, None, hint)
+        if self.two_stage:
+            unwritten("backward_stage2", "a stage-2 gradient", dax, slice(G1 * H, None), hint)

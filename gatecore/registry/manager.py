@@ -56,7 +56,7 @@ class CellRegistry:
         if config.plugin_autoload() if autoload is None else autoload:
             for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
                              key=lambda e: e.name):
-                name = f"{ep.name} ({ep.value})"
+                name = _plugin_name(ep)
                 try:
                     plugin = ep.load()
                 except Exception as exc:  # noqa: BLE001 - a broken plugin must not break others
@@ -89,6 +89,13 @@ class CellRegistry:
                 if not isinstance(spec, CellSpec):
                     raise CellSpecError(f"register() expects a gatecore.CellSpec, got {type(spec).__name__}")
                 spec.validate()
+                # trial run of the rules in plain Python: catches a gate count, tape size or
+                # state count that does not match what the rules index, and unwritten outputs
+                spec.check_rules()
+                if spec.configure is not None:
+                    default = spec.with_options()
+                    if default is not spec:
+                        default.check_rules()
                 if spec.name in self._cells:
                     raise CellSpecError(
                         f"duplicate cell name {spec.name!r} (already provided by "
@@ -144,6 +151,12 @@ class CellRegistry:
     def errors(self) -> list[tuple[str, str]]:
         """(plugin, reason) for every plugin problem seen while loading or registering."""
         return list(self._errors)
+
+
+def _plugin_name(ep) -> str:
+    """How listings and error reports name an entry point's plugin: distribution and module."""
+    dist = getattr(getattr(ep, "dist", None), "name", None)
+    return f"{dist} ({ep.value})" if dist else f"{ep.name} ({ep.value})"
 
 
 _registry: CellRegistry | None = None

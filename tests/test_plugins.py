@@ -1,0 +1,161 @@
+"""The plugin cells under plugins/: independent references, ONNX Runtime, speed twin of LSTM.
+
+The plugin specs are used as objects (``gatecore.forward(SPEC, ...)``), so these tests run
+whether or not the distributions are installed; ``test_plugins_installed`` checks that the
+set-up installed them and that they registered through their entry points.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+import gatecore
+from gatecore.registry import manager
+
+import oracles
+from spec_lstm import SPEC_LSTM
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _plugin(module: str, folder: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:  # not installed: load from the source tree (test_plugins_installed fails)
+        sys.path.insert(0, str(ROOT / "plugins" / folder))
+        return importlib.import_module(module)
+
+
+peephole = _plugin("gatecore_peephole", "peephole-lstm")
+mgu_plugin = _plugin("gatecore_mgu", "mgu")
+
+
+def _random_net(spec, rng, T=6, B=4, I=3, H=5, L=2, D=2, dtype=np.float64):
+    p = gatecore.init_params(spec, I, H, num_layers=L, bidirectional=D == 2, dtype=dtype, seed=7)
+    p = {k: (2.0 * v).astype(dtype) for k, v in p.items()}  # peepholes etc. well away from 0
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    states = tuple((0.5 * rng.standard_normal((L * D, B, H))).astype(dtype)
+                   for _ in spec.state_names)
+    return p, x, states
+
+
+def test_plugins_installed():
+    """README's set-up installs both plugins; they register through entry point group gatecore."""
+    cells = manager.get_registry().cells()
+    missing = [n for n in ("peephole_lstm", "mgu") if n not in cells]
+    assert not missing, (
+        f"plugin cells {missing} are not registered; install them with "
+        "pip install -e plugins/peephole-lstm -e plugins/mgu"
+    )
+    assert cells["peephole_lstm"].plugin.startswith("gatecore-peephole-lstm")
+    assert cells["mgu"].plugin.startswith("gatecore-mgu")
+    assert cells["peephole_lstm"].spec is peephole.PEEPHOLE_LSTM
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 2, 0, 5]])
+def test_peephole_matches_numpy_reference(rng, lengths):
+    spec = peephole.PEEPHOLE_LSTM
+    p, x, (h0, c0) = _random_net(spec, rng)
+    y, (h_n, c_n), _ = gatecore.forward(spec, x, p, (h0, c0), lengths=lengths)
+    y_ref, (h_ref, c_ref) = oracles.peephole_lstm(x, p, h0, c0, lengths)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h_n, h_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(c_n, c_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_peephole_with_zero_peepholes_is_lstm(rng):
+    p, x, st = _random_net(peephole.PEEPHOLE_LSTM, rng)
+    p_lstm = {k: v for k, v in p.items() if not k.startswith("weight_peephole")}
+    p_zero = {k: (np.zeros_like(v) if k.startswith("weight_peephole") else v) for k, v in p.items()}
+    y, sn, _ = gatecore.forward(peephole.PEEPHOLE_LSTM, x, p_zero, st)
+    y_ref, sn_ref, _ = gatecore.forward("lstm", x, p_lstm, st)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-14)
+
+
+def _onnx_peephole(x, p, h0, c0, lengths, H):
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper
+
+    T, B, I = x.shape
+    dirs = [peephole.to_onnx(p, 0, reverse=False), peephole.to_onnx(p, 0, reverse=True)]
+    inits = [numpy_helper.from_array(np.stack([d[k] for d in dirs]).astype(np.float32), k)
+             for k in ("W", "R", "B", "P")]
+    inits += [numpy_helper.from_array(np.asarray(lengths, np.int32), "seq_lens"),
+              numpy_helper.from_array(h0.astype(np.float32), "h0"),
+              numpy_helper.from_array(c0.astype(np.float32), "c0")]
+    node = helper.make_node("LSTM", ["X", "W", "R", "B", "seq_lens", "h0", "c0", "P"],
+                            ["Y", "Y_h", "Y_c"], hidden_size=H, direction="bidirectional")
+    graph = helper.make_graph(
+        [node], "peephole_lstm",
+        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I])],
+        [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [T, 2, B, H]),
+         helper.make_tensor_value_info("Y_h", TensorProto.FLOAT, [2, B, H]),
+         helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, [2, B, H])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, {"X": x.astype(np.float32)})
+
+
+def test_peephole_matches_onnxruntime_lstm_with_P(rng):
+    """ONNX LSTM with input P = [p_i, p_o, p_f], bidirectional, sequence_lens, initial states."""
+    spec = peephole.PEEPHOLE_LSTM
+    H = 5
+    p, x, (h0, c0) = _random_net(spec, rng, H=H, L=1, D=2, dtype=np.float32)
+    lengths = [6, 2, 4, 6]
+    Y, Y_h, Y_c = _onnx_peephole(x, p, h0, c0, lengths, H)
+    y, (h_n, c_n), _ = gatecore.forward(spec, x, p, (h0, c0), lengths=lengths)
+    # ONNX Y is [T, D, B, H]; ours [T, B, D*H]; compare valid steps (ONNX pads with 0 as we do)
+    T, B = x.shape[:2]
+    ours = y.reshape(T, B, 2, H).transpose(0, 2, 1, 3)
+    for b, n in enumerate(lengths):
+        np.testing.assert_allclose(ours[:n, :, b], Y[:n, :, b], rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(h_n, Y_h, rtol=1e-5, atol=2e-6)
+    np.testing.assert_allclose(c_n, Y_c, rtol=1e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("lengths", [None, [6, 3, 1, 0]])
+def test_mgu_matches_numpy_reference(rng, lengths):
+    spec = mgu_plugin.MGU
+    p, x, (h0,) = _random_net(spec, rng)
+    y, (h_n,), _ = gatecore.forward(spec, x, p, (h0,), lengths=lengths)
+    y_ref, (h_ref,) = oracles.mgu(x, p, h0, lengths)
+    np.testing.assert_allclose(y, y_ref, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(h_n, h_ref, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_spec_lstm_equals_builtin_lstm(rng, dtype):
+    """The LSTM written through the public spec gives the built-in's results, forward and backward."""
+    p, x, st = _random_net(SPEC_LSTM, rng, dtype=dtype)
+    dy = rng.standard_normal((x.shape[0], x.shape[1], 10)).astype(dtype)
+    out = []
+    for cell in (SPEC_LSTM, "lstm"):
+        y, sn, tape = gatecore.forward(cell, x, p, st, lengths=[6, 4, 1, 0])
+        dx, ds0, dp = gatecore.backward(tape, dy)
+        out.append((y.copy(), dx.copy(), {k: v.copy() for k, v in dp.items()}))
+    (y1, dx1, dp1), (y2, dx2, dp2) = out
+    tol = dict(rtol=1e-12, atol=1e-14) if dtype == np.float64 else dict(rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(y1, y2, **tol)
+    np.testing.assert_allclose(dx1, dx2, **tol)
+    for k in dp2:
+        np.testing.assert_allclose(dp1[k], dp2[k], err_msg=k, **tol)
+
+
+def test_peephole_to_onnx_order():
+    """to_onnx maps [p_i, p_f, p_o] to ONNX's [p_i, p_o, p_f] and gates i,f,g,o to i,o,f,c."""
+    H = 2
+    p = gatecore.init_params(peephole.PEEPHOLE_LSTM, 1, H, seed=0)
+    p["weight_peephole_l0"] = np.array([1, 1, 2, 2, 3, 3], np.float32)
+    p["weight_ih_l0"] = np.repeat(np.arange(4, dtype=np.float32), H)[:, None]
+    o = peephole.to_onnx(p)
+    assert o["P"].tolist() == [1, 1, 3, 3, 2, 2]
+    assert o["W"][:, 0].tolist() == [0, 0, 3, 3, 1, 1, 2, 2]

@@ -1,0 +1,281 @@
+"""The pluggy cell registry: entry points, run-time registration, plugin errors, the CLI.
+
+Each test that changes the registry swaps in a fresh one and restores the process-wide
+registry in ``finally`` (as llm's plugin tests do). Fake plugin distributions are written
+to a temporary folder on ``sys.path`` with a ``*.dist-info/entry_points.txt``, so loading
+goes through ``importlib.metadata`` exactly as for an installed package.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit
+
+import gatecore
+from gatecore import cli
+from gatecore.errors import CellSpecError, UnknownCellError
+from gatecore.registry import manager
+from gatecore.registry.manager import CellRegistry
+from gatecore.testing import check_cell
+
+from spec_lstm import SPEC_LSTM
+
+_counter = itertools.count()
+
+
+@contextlib.contextmanager
+def fresh_registry(**kw):
+    """A fresh process-wide registry for the duration of the block."""
+    old = manager._reset_registry_for_tests(None)
+    try:
+        reg = CellRegistry(**kw)
+        manager._reset_registry_for_tests(reg)
+        yield reg
+    finally:
+        manager._reset_registry_for_tests(old)
+
+
+def fake_distribution(tmp_path, monkeypatch, body: str, dist: str = "fake-cells") -> str:
+    """Write module + dist-info with an entry point of group gatecore; return the module name."""
+    module = f"gatecore_fake_{next(_counter)}"
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(PLUGIN_HEADER) + textwrap.dedent(body))
+    info = tmp_path / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[gatecore]\n{module} = {module}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return module
+
+
+PLUGIN_HEADER = """
+    import dataclasses
+    import gatecore
+    from spec_lstm import SPEC_LSTM
+"""
+
+
+def _errors_of(reg, module):
+    return [reason for plugin, reason in reg.errors() if module in plugin]
+
+
+def test_builtins_register_through_the_hook():
+    with fresh_registry(autoload=False) as reg:
+        cells = reg.cells()
+        assert set(cells) == {"lstm", "gru"}
+        assert cells["lstm"].plugin == "gatecore (built-in)"
+        impls = [i.plugin_name for i in reg.pm.hook.gatecore_register_cells.get_hookimpls()]
+        assert impls == ["gatecore (built-in)"]
+
+
+def test_entry_point_plugin_is_loaded(tmp_path, monkeypatch):
+    module = fake_distribution(tmp_path, monkeypatch, """
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="fake_cell"))
+    """)
+    with fresh_registry() as reg:
+        assert "fake_cell" in reg.cells()
+        assert reg.cells()["fake_cell"].plugin == f"fake-cells ({module})"
+        assert gatecore.get_cell("fake_cell").name == "fake_cell"
+        assert "fake_cell" in gatecore.list_cells()
+        assert not reg.errors()
+
+
+def test_autoload_can_be_disabled(tmp_path, monkeypatch):
+    fake_distribution(tmp_path, monkeypatch, """
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="fake_cell"))
+    """)
+    monkeypatch.setenv("GATECORE_DISABLE_PLUGIN_AUTOLOAD", "1")
+    with fresh_registry() as reg:
+        assert set(reg.cells()) == {"lstm", "gru"}
+
+
+@pytest.mark.parametrize("body, reason", [
+    ("raise RuntimeError('boom at import')", "failed to load: RuntimeError: boom at import"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        raise KeyError('boom in hook')
+    """, "raised in gatecore_register_cells: KeyError"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="lstm"))
+    """, "duplicate cell name 'lstm' (already provided by gatecore (built-in))"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="three_gates", gate_names=("i", "f", "g")))
+    """, "rule 'forward' indexes past the arrays the spec declares"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="no_backward", backward=None))
+    """, "missing pointwise rule 'backward'"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="short_tape", tape_size=4))
+    """, "indexes past the arrays"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register({"name": "not a spec"})
+    """, "register() expects a gatecore.CellSpec, got dict"),
+], ids=["import-error", "hook-raises", "duplicate", "gate-count", "no-backward", "tape-size",
+        "not-a-spec"])
+def test_broken_plugin_is_reported_and_others_work(tmp_path, monkeypatch, body, reason):
+    module = fake_distribution(tmp_path, monkeypatch, body, dist="broken-cells")
+    with pytest.warns(RuntimeWarning, match="gatecore plugin broken-cells"):
+        with fresh_registry() as reg:
+            errors = [(p, r) for p, r in reg.errors() if module in p]
+            assert len(errors) == 1, reg.errors()
+            plugin, text = errors[0]
+            assert plugin == f"broken-cells ({module})"
+            assert reason in text
+            # the other cells keep working; the built-in lstm is still the built-in one
+            assert reg.cells()["lstm"].plugin == "gatecore (built-in)"
+            p = gatecore.init_params("lstm", 2, 3, seed=0)
+            y, _, _ = gatecore.forward("lstm", np.ones((2, 1, 2), np.float32), p)
+            assert y.shape == (2, 1, 3)
+
+
+def test_a_good_cell_next_to_a_bad_one_in_the_same_plugin_registers(tmp_path, monkeypatch):
+    module = fake_distribution(tmp_path, monkeypatch, """
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="no_backward", backward=None))
+        register(dataclasses.replace(SPEC_LSTM, name="good_one"))
+    """)
+    with pytest.warns(RuntimeWarning):
+        with fresh_registry() as reg:
+            assert "good_one" in reg.cells()
+            assert "no_backward" not in reg.cells()
+            assert len(_errors_of(reg, module)) == 1
+
+
+def test_inconsistent_specs_raise_at_run_time_registration():
+    with fresh_registry(autoload=False) as reg:
+        with pytest.raises(CellSpecError, match="missing pointwise rule 'backward'"):
+            reg.register(dataclasses.replace(SPEC_LSTM, backward=None))
+        with pytest.raises(CellSpecError, match=r"indexes past .*\(3 gates"):
+            reg.register(dataclasses.replace(SPEC_LSTM, gate_names=("i", "f", "g")))
+        with pytest.raises(CellSpecError, match=r"takes 12 arguments, expected 13"):
+            reg.register(dataclasses.replace(
+                SPEC_LSTM, backward=lambda ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j: 0))
+        with pytest.raises(CellSpecError, match="duplicate cell name 'lstm'"):
+            reg.register(dataclasses.replace(SPEC_LSTM, name="lstm"))
+        assert "spec_lstm" not in reg.cells()
+
+
+def test_backward_that_leaves_a_gradient_unwritten_is_refused():
+    @njit
+    def lazy_backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
+        for g in range(4):
+            dax[g * H + j] = 0.0
+            dah[g * H + j] = 0.0
+        dsp[0, j] = 0.0  # forgets dsp[1, j]
+
+    with fresh_registry(autoload=False) as reg:
+        with pytest.raises(CellSpecError, match=r"'backward' leaves dsp\[s, j\] unwritten"):
+            reg.register(dataclasses.replace(SPEC_LSTM, backward=lazy_backward))
+
+
+def test_run_time_registration_and_unregistration():
+    with fresh_registry(autoload=False) as reg:
+        gatecore.register_cell(SPEC_LSTM)
+        try:
+            assert gatecore.list_cells()["spec_lstm"] == "run-time"
+            p = gatecore.init_params("spec_lstm", 2, 3, seed=0, dtype=np.float64)
+            x = np.ones((3, 2, 2))
+            y, (h, c), tape = gatecore.forward("spec_lstm", x, p)
+            y_ref, (h_ref, c_ref), _ = gatecore.forward("lstm", x, p)
+            np.testing.assert_allclose(y, y_ref, rtol=1e-12)
+        finally:
+            reg.unregister("spec_lstm")
+        assert "spec_lstm" not in gatecore.list_cells()
+        with pytest.raises(UnknownCellError, match=r"unknown cell 'spec_lstm'; registered cells: \['gru', 'lstm'\]"):
+            gatecore.forward("spec_lstm", x, p)
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(UnknownCellError) as info:
+        gatecore.get_cell("nope")
+    for name in gatecore.list_cells():
+        assert repr(name) in str(info.value)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(UnknownCellError, match="registered cells"):
+        manager.get_registry().unregister("nope")
+
+
+def test_cli_cells_lists_plugins_and_errors(tmp_path, monkeypatch, capsys):
+    module = fake_distribution(tmp_path, monkeypatch, "raise ImportError('missing dependency xyz')",
+                               dist="broken-cells")
+    with pytest.warns(RuntimeWarning):
+        with fresh_registry():
+            assert cli.main(["cells"]) == 0
+    out = capsys.readouterr().out
+    assert "lstm" in out and "gatecore (built-in)" in out
+    assert f"broken-cells ({module}): failed to load: ImportError: missing dependency xyz" in out
+
+
+# --------------------------------------------------------------------------- the check itself
+@njit
+def _wrong_backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
+    i = tp[j]
+    f = tp[H + j]
+    g = tp[2 * H + j]
+    o = tp[3 * H + j]
+    tc = tp[4 * H + j]
+    dh = ds[0, j]
+    dc = ds[1, j] + dh * o * (1.0 - tc * tc)
+    di = dc * g * i * (1.0 - i)
+    df = dc * sp[1, j] * f  # the sigmoid's derivative is missing
+    dg = dc * i * (1.0 - g * g)
+    do = dh * tc * o * (1.0 - o)
+    dax[j] = di
+    dax[H + j] = df
+    dax[2 * H + j] = dg
+    dax[3 * H + j] = do
+    dah[j] = di
+    dah[H + j] = df
+    dah[2 * H + j] = dg
+    dah[3 * H + j] = do
+    dsp[0, j] = 0.0
+    dsp[1, j] = dc * f
+
+
+WRONG = dataclasses.replace(SPEC_LSTM, name="wrong_lstm", backward=_wrong_backward)
+
+
+def test_check_cell_catches_a_wrong_derivative_and_cli_exits_1(capsys):
+    with fresh_registry(autoload=False) as reg:
+        reg.register(WRONG)
+        assert cli.main(["check", "wrong_lstm"]) == 1
+        out = capsys.readouterr().out
+        assert "FAIL  gradients" in out and "finite differences" in out
+        assert "FAILED" in out.splitlines()[-1]
+        report = check_cell(WRONG)  # a spec object works too (not yet registered elsewhere)
+        assert not report.passed
+        assert [c.name for c in report.failures][0] == "gradients"
+        with pytest.raises(AssertionError, match="FAIL  gradients"):
+            check_cell("wrong_lstm", raise_on_failure=True)
+
+
+def test_cli_check_exit_codes(capsys):
+    assert cli.main(["check", "no_such_cell"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown cell 'no_such_cell'" in err and "'lstm'" in err
+    assert cli.main(["check", "gru", "-o", "bogus=1"]) == 2
+    assert "accepts ['reset_after']" in capsys.readouterr().err
+    assert cli.main(["check", "lstm"]) == 0
+    out = capsys.readouterr().out
+    assert "PASS  gradients" in out and out.splitlines()[-1].startswith("PASSED")
