@@ -150,7 +150,7 @@ def cuda_kernels(spec: CellSpec, dtype) -> types.ModuleType:
             "from numba import cuda\n"
             f"from numba import {dtype.name} as DT\n\n"
             f"G = {spec.num_gates}\nG1 = {spec.g1}\nS = {spec.num_states}\n"
-            f"TILE = {TILE}\nCACHE = {CACHE}\n\n"
+            f"TILE = {TILE}\nTILE1 = {TILE + 1}\nCACHE = {CACHE}\n\n"
         )
         src = header + _specialise(_template(), spec.two_stage)
         digest = hashlib.sha256((src + fp).encode()).hexdigest()[:16]
