@@ -1,0 +1,1 @@
+"""asv benchmarks of gatecore (see ../asv.conf.json and common.py)."""
