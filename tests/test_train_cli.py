@@ -1,0 +1,178 @@
+"""``gatecore train`` / ``gatecore predict`` end to end, and their handling of bad input."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gatecore import forecast
+from gatecore.cli import main
+
+# a small, fast configuration: 10 years of the bundled monthly CO2 record
+SMALL = ["--window", "12", "--season", "12", "--hidden-size", "8", "--epochs", "8",
+         "--batch-size", "16", "--lr", "0.01", "--quiet"]
+
+
+def _console_script() -> str:
+    path = Path(sys.executable).with_name("gatecore")
+    if not path.exists():
+        pytest.skip("the gatecore console script is not installed next to this Python")
+    return str(path)
+
+
+def _read_csv(path) -> dict[str, list[str]]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
+@pytest.fixture
+def co2_slice(tmp_path) -> Path:
+    """The first 120 months (1965-1974) of the bundled series, as the user's own CSV."""
+    series = forecast.read_series()
+    path = tmp_path / "co2_slice.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["month", "co2"])
+        for label, v in zip(series.labels[:120], series.values[:120]):
+            w.writerow([label, f"{v:.2f}"])
+    return path
+
+
+def test_bundled_series_is_clean():
+    s = forecast.read_series()
+    assert s.values.shape == (444,)
+    assert np.isfinite(s.values).all()
+    assert (s.labels[0], s.labels[-1]) == ("1965-01", "2001-12")
+    assert 315 < s.values.min() < s.values.max() < 375
+    assert s.unit == "ppmv"
+
+
+def test_train_save_reload_predict(tmp_path, co2_slice, capsys):
+    model, test_csv, plot = tmp_path / "model.npz", tmp_path / "test.csv", tmp_path / "p.png"
+    rc = main(["train", "--csv", str(co2_slice), "--column", "co2", *SMALL, "--seed", "3",
+               "--save", str(model), "--output", str(test_csv), "--plot", str(plot)])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "seasonal naive (lag 12)" in out and "persistence (lag 1)" in out
+    if forecast.matplotlib_available():
+        assert plot.exists()
+    else:
+        assert "needs matplotlib" in err and not plot.exists()
+
+    # the model file is plain arrays: no pickles needed
+    with np.load(model, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert str(arrays["meta.cell"]) == "lstm"
+    assert int(arrays["meta.window"]) == 12
+    loss = arrays["history.train_loss"]
+    assert loss.shape == (8,)
+    assert loss[-1] < 0.5 * loss[0], loss            # the loss falls
+    assert "rnn.weight_ih_l0" in arrays and arrays["out.weight"].shape == (1, 8)
+
+    # predict with the reloaded model gives the values train reported for the test part
+    pred_csv = tmp_path / "pred.csv"
+    assert main(["predict", "--model", str(model), "--output", str(pred_csv), "--steps", "3"]) == 0
+    out, _ = capsys.readouterr()
+    assert "next 3 value(s) after 1974-12" in out and "1975-03" in out
+    train_rows = _read_csv(test_csv)
+    pred_rows = _read_csv(pred_csv)
+    by_label = dict(zip(pred_rows["label"], pred_rows["forecast"]))
+    got = np.array([float(by_label[lab]) for lab in train_rows["label"]])
+    np.testing.assert_allclose(got, np.array(train_rows["model"], dtype=float), rtol=0, atol=1e-4)
+    assert pred_rows["label"][-3:] == ["1975-01", "1975-02", "1975-03"]
+
+    # the library agrees with the command line
+    m, meta, _ = forecast.Forecaster.load(model)
+    series = forecast.read_series(str(co2_slice), "co2")
+    targets = np.array([series.labels.index(lab) for lab in train_rows["label"]])
+    np.testing.assert_allclose(m.predict(series.values, targets), got, rtol=0, atol=1e-4)
+
+    # and the console script, in a fresh process, prints the same forecasts
+    proc = subprocess.run([_console_script(), "predict", "--model", str(model), "--steps", "3"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == out.splitlines()[:-2]        # less the --output lines
+
+
+def test_same_seed_same_result(tmp_path, co2_slice, capsys):
+    outs = []
+    for k in range(2):
+        path = tmp_path / f"t{k}.csv"
+        args = ["train", "--csv", str(co2_slice), "--column", "co2", *SMALL, "--epochs", "3",
+                "--seed", "7", "--output", str(path)]
+        assert main(args) == 0
+        capsys.readouterr()
+        outs.append(path.read_text())
+    assert outs[0] == outs[1]
+
+
+def test_gru_cell_trains(co2_slice, capsys):
+    rc = main(["train", "--csv", str(co2_slice), "--column", "co2", *SMALL, "--cell", "gru",
+               "--epochs", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "model (gru)" in out
+
+
+def _bad_files(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
+    """name -> (arguments, a phrase the error line must contain)."""
+    def write(name, text):
+        p = tmp_path / name
+        p.write_text(text)
+        return str(p)
+
+    good = "month,co2\n" + "".join(f"{i},{300 + i % 12}\n" for i in range(60))
+    return {
+        "missing file": (["train", "--csv", str(tmp_path / "nope.csv")], "file not found"),
+        "missing column": (["train", "--csv", write("g.csv", good), "--column", "ch4"],
+                           "column 'ch4' not found"),
+        "several columns, none chosen": (["train", "--csv", write("g2.csv", good)], "--column"),
+        "non-numeric": (["train", "--csv", write("n.csv", good + "60,abc\n"), "--column", "co2"],
+                        "'abc', which is not a number"),
+        "NaN": (["train", "--csv", write("nan.csv", good + "60,NaN\n"), "--column", "co2"],
+                "missing or NaN"),
+        "empty value": (["train", "--csv", write("e.csv", "t,v\n1,1\n2,\n3,3\n"), "--column", "v"],
+                        "missing or NaN"),
+        "too short for the window": (["train", "--csv", write("s.csv", "v\n" + "1\n2\n" * 10)],
+                                     "too short"),
+        "empty file": (["train", "--csv", write("empty.csv", "")], "empty"),
+        "unknown cell": (["train", "--cell", "nope"], "unknown cell"),
+        "bad option": (["train", "--window", "0"], "--window"),
+        "missing model": (["predict", "--model", str(tmp_path / "m.npz")], "model file not found"),
+        "not a model": (["predict", "--model", write("m.csv", good)], "not an .npz model"),
+    }
+
+
+BAD_CASES = ["missing file", "missing column", "several columns, none chosen", "non-numeric",
+             "NaN", "empty value", "too short for the window", "empty file", "unknown cell",
+             "bad option", "missing model", "not a model"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_one_line_exit_2(case, tmp_path, capsys):
+    args, phrase = _bad_files(tmp_path)[case]
+    assert main(args) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"gatecore {args[0]}: error: ")
+    assert phrase in lines[0]
+
+
+def test_bad_input_console_script(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("month,co2\n1965-01,319.4\n1965-02,n/a\n")
+    proc = subprocess.run([_console_script(), "train", "--csv", str(bad), "--column", "co2"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr.splitlines() == [
+        f"gatecore train: error: {bad}: column 'co2' has 1 missing or NaN value(s) (first on line 3); "
+        "fill or drop them first"]
