@@ -3,6 +3,6 @@
 Each module defines ``add_parser(subparsers)``; the order here is the order in ``--help``.
 """
 
-from . import cells, check, demo, predict, train
+from . import cells, check, demo
 
-COMMANDS = [train, predict, demo, cells, check]
+COMMANDS = [demo, cells, check]
