@@ -3,6 +3,6 @@
 Each module defines ``add_parser(subparsers)``; the order here is the order in ``--help``.
 """
 
-from . import cells, check, demo
+from . import cells, check, demo, predict, train
 
-COMMANDS = [demo, cells, check]
+COMMANDS = [train, predict, demo, cells, check]
