@@ -64,6 +64,14 @@ def _extras(spec, dims, group, ws, dtype, tag):
     return ex
 
 
+def _rows(ws, dtype, spec, H):
+    """Per-item scratch rows the kernels copy one batch item into (see cpu_kernels.py.in)."""
+    G, S, K = spec.num_gates, spec.num_states, spec.tape_size
+    shapes = dict(axr=(G * H,), ahr=(G * H,), daxr=(G * H,), dahr=(G * H,), tpr=(K * H,),
+                  spr=(S, H), snr=(S, H), dsr=(S, H), dspr=(S, H), ur=(H,), dur=(H,))
+    return {n: ws.get("r_" + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()}
+
+
 def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Workspace,
                 training: bool, batch_first: bool, unbatched: bool, dtype):
     """Run the network. ``x`` [T, B, I] and ``state0`` (tuple of [L*D, B, *]) are validated.
@@ -75,7 +83,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
     G, G1, S, K = spec.num_gates, spec.g1, spec.num_states, spec.tape_size
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
     H2 = H if spec.two_stage else 0
-    mod = cpu_kernels(spec)
+    mod = cpu_kernels(spec, dtype)
     gen = ws._begin(T, B)
     keep = bool(training)
 
@@ -86,10 +94,10 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
         for s in range(S)
     )
     # scratch shared by every layer and direction
-    ah = ws.get("ah", dtype, lambda T_, B_: (B_, GH))
     gh1 = ws.get("gh1", dtype, lambda T_, B_: (B_, G1H))
     gh2 = ws.get("gh2", dtype, lambda T_, B_: (B_, G2H))
     pbuf = ws.get("pbuf", dtype, lambda T_, B_: (B_, Hr))
+    rows = _rows(ws, dtype, spec, H)
 
     xs = [x]
     buffers = {}
@@ -108,6 +116,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
             st = ws.get(f"st{tag}", dtype, lambda T_, B_, n=nslot - T: (S, T_ + n, B_, H))
             u = ws.get(f"u{tag}", dtype, lambda T_, B_, m=mslot - T: (T_ + m, B_, H2))
             tp = ws.get(f"tp{tag}", dtype, lambda T_, B_, m=mslot - T: (T_ + m, B_, K * H))
+            mh = ws.get(f"mh{tag}", dtype,
+                        lambda T_, B_: (T_ if (keep and dims.proj_size) else 0, B_, H))
             ex = _extras(spec, dims, group, ws, dtype, tag)
             if T * B:
                 np.matmul(in2d, group["weight_ih"].T, out=gx.reshape(T * B, GH))
@@ -123,13 +133,14 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
             bhh = group["bias_hh"] if dims.bias else zeros_bias
             whr = group["weight_hr"] if dims.proj_size else no_whr
             mod.forward_dir(gx, bih, group["weight_hh"], bhh, whr, ex, lengths, bool(d), keep,
-                            hp, st, u, tp, ah, gh1, gh2, pbuf, y, d * Hr)
+                            hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"], rows["ahr"],
+                            rows["spr"], rows["snr"], rows["ur"], rows["tpr"], y, d * Hr)
             last = T if keep else T % 2
             state_n[0][idx] = hp[last]
             for s in range(1, S):
                 state_n[s][idx] = st[s, last]
             if keep:
-                buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex)
+                buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex, mh=mh)
         layer_in = y
         if keep and k + 1 < L:
             xs.append(y)
@@ -160,17 +171,16 @@ def run_backward(tape: Tape, dy, dstate_n):
     G, G1, S = spec.num_gates, spec.g1, spec.num_states
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
     H2 = H if spec.two_stage else 0
-    mod = cpu_kernels(spec)
+    mod = cpu_kernels(spec, dtype)
     lengths = tape.lengths
+    rows = _rows(ws, dtype, spec, H)
 
     no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))
     dhr = ws.get("b_dhr", dtype, lambda T_, B_: (B_, Hr))
     ds = ws.get("b_ds", dtype, lambda T_, B_: (S, B_, H))
-    dsp = ws.get("b_dsp", dtype, lambda T_, B_: (S, B_, H))
     dax = ws.get("b_dax", dtype, lambda T_, B_: (T_, B_, GH))
     dah1 = ws.get("b_dah1", dtype, lambda T_, B_: (T_, B_, G1H))
     dah2 = ws.get("b_dah2", dtype, lambda T_, B_: (T_, B_, G2H))
-    dahrow = ws.get("b_dahrow", dtype, lambda T_, B_: (B_, GH))
     du = ws.get("b_du", dtype, lambda T_, B_: (B_, H2), zero=True)
     dhnew = ws.get("b_dhnew", dtype, lambda T_, B_: (B_, Hr))
     dhist = ws.get("b_dhist", dtype, lambda T_, B_: (T_ if P else 0, B_, Hr))
@@ -206,6 +216,7 @@ def run_backward(tape: Tape, dy, dstate_n):
                 dhr[...] = dstate_n[0][idx]
             else:
                 dhr.fill(0)
+            ds[0] = 0
             for s in range(1, S):
                 if dstate_n[s] is not None:
                     ds[s] = dstate_n[s][idx]
@@ -216,7 +227,9 @@ def run_backward(tape: Tape, dy, dstate_n):
             mod.backward_dir(buf["gx"], group["weight_hh"], whr, buf["ex"], lengths, bool(d),
                              buf["hp"], buf["st"], buf["u"], buf["tp"],
                              d_out if has_dy else dummy_dy, has_dy, d * Hr,
-                             dhr, ds, dsp, dax, dah1, dah2, dahrow, du, dhnew, dhist, dm, dex_buf)
+                             dhr, ds, dax, dah1, dah2, du, dhnew, dhist, dm, dex_buf,
+                             rows["axr"], rows["daxr"], rows["dahr"], rows["tpr"], rows["spr"],
+                             rows["snr"], rows["dsr"], rows["dspr"], rows["dur"])
             dstate0[0][idx] = dhr
             for s in range(1, S):
                 dstate0[s][idx] = ds[s]
@@ -240,7 +253,7 @@ def run_backward(tape: Tape, dy, dstate_n):
                 if spec.two_stage:
                     np.matmul(ones, dah2.reshape(T * B, G2H), out=db_hh[G1H:])
             if P:
-                m2d = buf["st"][0, 1:].reshape(T * B, H)
+                m2d = buf["mh"].reshape(T * B, H)
                 np.matmul(dhist.reshape(T * B, Hr).T, m2d, out=dparams["weight_hr" + sfx])
             if d == 0:
                 np.matmul(dax2d, group["weight_ih"], out=dx2d)

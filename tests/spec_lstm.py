@@ -5,29 +5,20 @@ and run within 1.3x of its time (benchmarks/bench_spec_lstm.py). Nothing here im
 gatecore's internals, exactly as a third-party plugin would be written.
 """
 
-import math
-
 from numba import njit
 
 import gatecore
-
-
-@njit(inline="always", cache=True)
-def _sigmoid(x):
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
+from gatecore.activations import sigmoid, tanh
 
 
 @njit(cache=True)
 def spec_lstm_forward(ax, ah, sp, ex, sn, tp, j, H):
-    i = _sigmoid(ax[j] + ah[j])
-    f = _sigmoid(ax[H + j] + ah[H + j])
-    g = math.tanh(ax[2 * H + j] + ah[2 * H + j])
-    o = _sigmoid(ax[3 * H + j] + ah[3 * H + j])
+    i = sigmoid(ax[j] + ah[j])
+    f = sigmoid(ax[H + j] + ah[H + j])
+    g = tanh(ax[2 * H + j] + ah[2 * H + j])
+    o = sigmoid(ax[3 * H + j] + ah[3 * H + j])
     c = f * sp[1, j] + i * g
-    tc = math.tanh(c)
+    tc = tanh(c)
     sn[1, j] = c
     sn[0, j] = o * tc
     tp[j] = i

@@ -60,7 +60,7 @@ ALLOC_SCRIPT = textwrap.dedent("""
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
             nrt1 = rtsys.get_allocation_stats()
-            print(cell, opts.get("reset_after", ""), T, nrt1.alloc - nrt0.alloc, peak, ws.nbytes)
+            print(f"{cell}:{opts.get('reset_after', '-')}", "-", T, nrt1.alloc - nrt0.alloc, peak, ws.nbytes)
 """)
 
 

@@ -1,14 +1,19 @@
-"""Build the compiled kernels of a cell spec, once per process (and once per machine).
+"""Build the compiled CPU kernels of a cell spec, once per process (and once per machine).
 
-For each concrete :class:`~gatecore.cells.spec.CellSpec` the factory writes a small Python
-module into the cache folder (``gatecore.config.cache_dir()``): the kernel template of
-``cpu_kernels.py.in`` specialised to the cell's gate and stage counts. The cell's pointwise
-rules are injected as module globals before the module is executed, so Numba compiles them
-into the kernels and inlines them. Because the kernels live in a real file whose name holds
-a fingerprint of the cell's rules and of the template, Numba's on-disk cache works for
-plugin cells as for built-ins (functions built from closures or taking dispatchers as
-arguments are not cacheable by Numba; a file-backed module is). A change to a rule changes
-the fingerprint and so the file, which invalidates the cache.
+For each concrete :class:`~gatecore.cells.spec.CellSpec` and float dtype the factory writes a
+small Python module into the cache folder (``gatecore.config.cache_dir()``): the kernel
+template ``cpu_kernels.py.in`` specialised to the cell's gate and stage counts. The cell's
+pointwise rules are recompiled from their plain Python source with ``inline="always"`` (so
+that LLVM sees them inside the kernels' loops and vectorizes them) and injected as module
+globals before the module is executed. For float32 modules the rules' calls of the accurate
+activations (:mod:`gatecore.cells._math`) are swapped for their vectorizable float32
+versions.
+
+Because the kernels live in a real file whose name holds a fingerprint of the cell's rules,
+the dtype and the template, Numba's on-disk cache works for plugin cells as for built-ins
+(functions built from closures, or taking dispatchers as arguments, are not cacheable by
+Numba; a file-backed module is). A change to a rule changes the fingerprint and so the
+file, which invalidates the cache.
 """
 
 from __future__ import annotations
@@ -19,18 +24,21 @@ import threading
 import types
 from importlib import resources
 
+import numpy as np
 from numba import njit
-from numba.core.registry import CPUDispatcher
+from numba.core.dispatcher import Dispatcher
 
 from .. import config
+from ..cells._math import FLOAT32_VERSIONS
 from ..cells.spec import CellSpec
 
-__all__ = ["cpu_kernels"]
+__all__ = ["cpu_kernels", "inline_rule"]
 
-_lock = threading.Lock()
-_cache: dict[str, types.ModuleType] = {}
-# fast path for repeated calls: id(spec) -> (spec, module); the spec is kept alive here
-_by_id: dict[int, tuple[CellSpec, types.ModuleType]] = {}
+_lock = threading.RLock()
+_cache: dict[tuple[str, str], types.ModuleType] = {}
+# fast path for repeated calls: (id(spec), dtype) -> (spec, module); the spec is kept alive
+_by_id: dict[tuple[int, str], tuple[CellSpec, types.ModuleType]] = {}
+_inlined: dict[tuple[object, str], object] = {}
 
 
 def _template() -> str:
@@ -51,58 +59,101 @@ def _specialise(src: str, two_stage: bool) -> str:
     return "\n".join(out) + "\n"
 
 
-def _compiled(fn):
+def _global_names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def inline_rule(fn, dtype) -> object:
+    """Compile ``fn`` (a plain function or an ``@njit`` dispatcher) inline for ``dtype``.
+
+    Globals and closure cells that are Numba dispatchers are recompiled the same way
+    (recursively, memoized); for float32 the accurate activations are swapped for their
+    float32 versions.
+    """
     if fn is None:
         return None
-    if isinstance(fn, CPUDispatcher):
-        return fn
-    return njit(cache=False, fastmath=config.FASTMATH)(fn)
+    dtype = np.dtype(dtype).name
+    py = getattr(fn, "py_func", fn)
+    key = (py, dtype)
+    with _lock:
+        hit = _inlined.get(key)
+        if hit is not None:
+            return hit
+        swaps = FLOAT32_VERSIONS if dtype == "float32" else {}
+
+        def swap(value):
+            if not isinstance(value, Dispatcher):
+                return value
+            value = swaps.get(value, value)
+            inner = getattr(value, "py_func", None)
+            if inner is None or inner is py:
+                return value
+            return inline_rule(value, dtype)
+
+        glb = py.__globals__
+        new = {n: swap(glb[n]) for n in _global_names(py.__code__) if n in glb}
+        new = {n: v for n, v in new.items() if v is not glb[n]}
+        closure = py.__closure__
+        if closure:
+            closure = tuple(types.CellType(swap(c.cell_contents)) for c in closure)
+        clone = types.FunctionType(py.__code__, {**glb, **new} if new else glb, py.__name__,
+                                   py.__defaults__, closure)
+        clone.__qualname__ = py.__qualname__
+        clone.__module__ = py.__module__
+        compiled = njit(inline="always", error_model="numpy", fastmath=config.FASTMATH)(clone)
+        _inlined[key] = compiled
+        return compiled
 
 
-def cpu_kernels(spec: CellSpec) -> types.ModuleType:
-    """Return the module holding ``forward_dir`` and ``backward_dir`` for ``spec``.
+def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
+    """Return the module holding ``forward_dir`` and ``backward_dir`` for ``spec`` and ``dtype``.
 
-    Compilation itself is lazy (first call per dtype); the module is built once per
-    process and memoized by the spec's fingerprint.
+    Compilation itself is lazy (first call); the module is built once per process and
+    memoized by the spec's fingerprint and the dtype.
     """
-    hit = _by_id.get(id(spec))
+    dname = np.dtype(dtype).name
+    hit = _by_id.get((id(spec), dname))
     if hit is not None and hit[0] is spec:
         return hit[1]
-    fp = spec.fingerprint()
-    mod = _cache.get(fp)
-    if mod is not None:
-        _by_id[id(spec)] = (spec, mod)
-        return mod
     with _lock:
-        mod = _cache.get(fp)
-        if mod is not None:
-            return mod
-        cache = config.use_disk_cache()
-        header = (
-            "# Generated by gatecore.kernels.factory; do not edit.\n"
-            "import numpy as np\n"
-            "from numba import njit\n\n"
-            f"G = {spec.num_gates}\nG1 = {spec.g1}\nS = {spec.num_states}\n"
-            f"CACHE = {cache}\n\n"
-        )
-        src = header + _specialise(_template(), spec.two_stage)
-        digest = hashlib.sha256((src + fp).encode()).hexdigest()[:16]
-        path = config.cache_dir() / f"cpu_{spec.name}_{spec.variant or 'base'}_{digest}.py"
-        if not path.exists() or path.read_text() != src:
-            tmp = path.with_suffix(f".tmp{threading.get_ident()}")
-            tmp.write_text(src)
-            tmp.replace(path)
-        mod = types.ModuleType(f"gatecore_kernels_{path.stem}")
-        mod.__file__ = str(path)
-        # Numba's cache rebuilds a kernel's environment by module name: make it findable.
-        sys.modules[mod.__name__] = mod
-        mod.__dict__.update(
-            _fwd1=_compiled(spec.forward_stage1),
-            _fwd=_compiled(spec.forward),
-            _bwd2=_compiled(spec.backward_stage2),
-            _bwd=_compiled(spec.backward),
-        )
-        exec(compile(src, str(path), "exec"), mod.__dict__)
-        _cache[fp] = mod
-        _by_id[id(spec)] = (spec, mod)
+        fp = spec.fingerprint()
+        mod = _cache.get((fp, dname))
+        if mod is None:
+            mod = _build(spec, dname, fp)
+            _cache[(fp, dname)] = mod
+        _by_id[(id(spec), dname)] = (spec, mod)
         return mod
+
+
+def _build(spec: CellSpec, dname: str, fp: str) -> types.ModuleType:
+    cache = config.use_disk_cache()
+    header = (
+        "# Generated by gatecore.kernels.factory; do not edit.\n"
+        "import numpy as np\n"
+        "from numba import njit\n\n"
+        f"G = {spec.num_gates}\nG1 = {spec.g1}\nS = {spec.num_states}\nK = {spec.tape_size}\n"
+        f"DTYPE = {dname!r}\nCACHE = {cache}\n\n"
+    )
+    src = header + _specialise(_template(), spec.two_stage)
+    digest = hashlib.sha256((src + fp).encode()).hexdigest()[:16]
+    path = config.cache_dir() / f"cpu_{spec.name}_{spec.variant or 'base'}_{dname}_{digest}.py"
+    if not path.exists() or path.read_text() != src:
+        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
+        tmp.write_text(src)
+        tmp.replace(path)
+    mod = types.ModuleType(f"gatecore_kernels_{path.stem}")
+    mod.__file__ = str(path)
+    # Numba's cache rebuilds a kernel's environment by module name: make it findable.
+    sys.modules[mod.__name__] = mod
+    mod.__dict__.update(
+        _fwd1=inline_rule(spec.forward_stage1, dname),
+        _fwd=inline_rule(spec.forward, dname),
+        _bwd2=inline_rule(spec.backward_stage2, dname),
+        _bwd=inline_rule(spec.backward, dname),
+    )
+    exec(compile(src, str(path), "exec"), mod.__dict__)
+    return mod

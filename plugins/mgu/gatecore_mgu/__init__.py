@@ -16,26 +16,17 @@ Tape per unit: f, n.
 
 from __future__ import annotations
 
-import math
-
 from numba import njit
 
 import gatecore
+from gatecore.activations import sigmoid, tanh
 
 __all__ = ["MGU", "gatecore_register_cells"]
 
 
-@njit(inline="always", cache=True)
-def _sigmoid(x):
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
-
-
 @njit(cache=True)
 def mgu_stage1(ax, ah, sp, ex, u, tp, j, H):
-    f = _sigmoid(ax[j] + ah[j])
+    f = sigmoid(ax[j] + ah[j])
     u[j] = f * sp[0, j]
     tp[j] = f
 
@@ -43,7 +34,7 @@ def mgu_stage1(ax, ah, sp, ex, u, tp, j, H):
 @njit(cache=True)
 def mgu_forward(ax, ah, sp, ex, sn, tp, j, H):
     f = tp[j]
-    n = math.tanh(ax[H + j] + ah[H + j])
+    n = tanh(ax[H + j] + ah[H + j])
     sn[0, j] = (1.0 - f) * sp[0, j] + f * n
     tp[H + j] = n
 

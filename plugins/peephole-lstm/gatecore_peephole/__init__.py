@@ -20,33 +20,24 @@ Tape per unit: i, f, g, o, tanh(c_t); ``c_t`` itself is read back from the new s
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit
 
 import gatecore
+from gatecore.activations import sigmoid, tanh
 
 __all__ = ["PEEPHOLE_LSTM", "to_onnx", "gatecore_register_cells"]
-
-
-@njit(inline="always", cache=True)
-def _sigmoid(x):
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    e = math.exp(x)
-    return e / (1.0 + e)
 
 
 @njit(cache=True)
 def peephole_forward(ax, ah, sp, ex, sn, tp, j, H):
     c_prev = sp[1, j]
-    i = _sigmoid(ax[j] + ah[j] + ex[0, j] * c_prev)
-    f = _sigmoid(ax[H + j] + ah[H + j] + ex[1, j] * c_prev)
-    g = math.tanh(ax[2 * H + j] + ah[2 * H + j])
+    i = sigmoid(ax[j] + ah[j] + ex[0, j] * c_prev)
+    f = sigmoid(ax[H + j] + ah[H + j] + ex[1, j] * c_prev)
+    g = tanh(ax[2 * H + j] + ah[2 * H + j])
     c = f * c_prev + i * g
-    o = _sigmoid(ax[3 * H + j] + ah[3 * H + j] + ex[2, j] * c)
-    tc = math.tanh(c)
+    o = sigmoid(ax[3 * H + j] + ah[3 * H + j] + ex[2, j] * c)
+    tc = tanh(c)
     sn[1, j] = c
     sn[0, j] = o * tc
     tp[j] = i
