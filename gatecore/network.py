@@ -19,6 +19,7 @@ import numpy as np
 
 from .cells.spec import CellSpec
 from .errors import StaleTapeError
+from .kernels.blas import gemm, gemm_acc
 from .kernels.factory import cpu_kernels
 from .params import Dims
 from .workspace import Workspace
@@ -120,7 +121,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
                         lambda T_, B_: (T_ if (keep and dims.proj_size) else 0, B_, H))
             ex = _extras(spec, dims, group, ws, dtype, tag)
             if T * B:
-                np.matmul(in2d, group["weight_ih"].T, out=gx.reshape(T * B, GH))
+                gemm(in2d, group["weight_ih"].T, gx.reshape(T * B, GH))
             idx = k * D + d
             hp[0] = state0[0][idx]
             if dims.proj_size:
@@ -239,28 +240,26 @@ def run_backward(tape: Tape, dy, dstate_n):
                 r += n
             # weight gradients: one GEMM each over all T*B rows
             dax2d = dax.reshape(T * B, GH)
-            np.matmul(dax2d.T, x2d, out=dparams["weight_ih" + sfx])
+            gemm(dax2d.T, x2d, dparams["weight_ih" + sfx])
             hp2d = buf["hp"][:T].reshape(T * B, Hr)
             dw_hh = dparams["weight_hh" + sfx]
-            np.matmul(dah1.reshape(T * B, G1H).T, hp2d, out=dw_hh[:G1H])
+            gemm(dah1.reshape(T * B, G1H).T, hp2d, dw_hh[:G1H])
             if spec.two_stage:
-                np.matmul(dah2.reshape(T * B, G2H).T, buf["u"].reshape(T * B, H),
-                          out=dw_hh[G1H:])
+                gemm(dah2.reshape(T * B, G2H).T, buf["u"].reshape(T * B, H), dw_hh[G1H:])
             if dims.bias:  # column sums as GEMV with a ones vector (no reduction buffers)
-                np.matmul(ones, dax2d, out=dparams["bias_ih" + sfx])
+                gemm(ones, dax2d, dparams["bias_ih" + sfx])
                 db_hh = dparams["bias_hh" + sfx]
-                np.matmul(ones, dah1.reshape(T * B, G1H), out=db_hh[:G1H])
+                gemm(ones, dah1.reshape(T * B, G1H), db_hh[:G1H])
                 if spec.two_stage:
-                    np.matmul(ones, dah2.reshape(T * B, G2H), out=db_hh[G1H:])
+                    gemm(ones, dah2.reshape(T * B, G2H), db_hh[G1H:])
             if P:
                 m2d = buf["mh"].reshape(T * B, H)
-                np.matmul(dhist.reshape(T * B, Hr).T, m2d, out=dparams["weight_hr" + sfx])
+                gemm(dhist.reshape(T * B, Hr).T, m2d, dparams["weight_hr" + sfx])
             if d == 0:
-                np.matmul(dax2d, group["weight_ih"], out=dx2d)
+                gemm(dax2d, group["weight_ih"], dx2d)
             else:
                 tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n))
-                np.matmul(dax2d, group["weight_ih"], out=tmp)
-                dx2d += tmp
+                gemm_acc(dax2d, group["weight_ih"], dx2d, tmp)
         d_out = dx_k
         has_dy = True
     return d_out, dstate0, dparams
