@@ -37,12 +37,20 @@ def _to_numpy(name: str, value) -> np.ndarray:
             "on the GPU too (or workspace=Workspace(device='cuda')), or copy it to the host "
             "(for example with .copy_to_host() or .cpu().numpy())"
         )
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor on the CPU
-        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ma.MaskedArray):
+        raise DTypeError(
+            f"{name} is a masked array; gatecore does not read masks: pass the plain data "
+            "and give the valid steps per sequence with lengths="
+        )
     try:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch tensor on the CPU
+            value = value.detach().cpu().numpy()
         return np.asarray(value)
-    except Exception as exc:  # noqa: BLE001
-        raise DTypeError(f"{name} is not convertible to a NumPy array: {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - torch/NumPy raise many kinds here
+        raise DTypeError(
+            f"{name} is not convertible to a NumPy array ({type(exc).__name__}: {exc}); "
+            "pass a NumPy array of float32 or float64 (torch: tensor.float().numpy())"
+        ) from None
 
 
 def _check_dtype(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
@@ -118,16 +126,7 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
             f"x shape {_shape_str(_to_numpy('x', x).shape)}, layout {_layout(2 if unbatched else 3, batch_first)}"
         )
     lens = _check_lengths(lengths, B, T)
-    ws = workspace if workspace is not None else Workspace()
-    ws._begin(T, B)
-    ws.generation -= 1  # the forward itself starts the generation
-    # x: one copy into the workspace, time-major, padded steps zeroed
-    x0 = ws.get("x0", dtype, lambda T_, B_: (T_, B_, I))
-    np.copyto(x0, xa)
-    if lengths is not None:
-        for b in np.nonzero(lens < T)[0]:
-            x0[lens[b]:, b] = 0
-    # initial states
+    # initial states: validated here, copied into the workspace by run_forward
     S = spec.num_states
     L, D = dims.num_layers, dims.num_directions
     if state0 is None:
@@ -140,23 +139,22 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
         )
     states = []
     for s, value in enumerate(state0):
+        if value is None:
+            states.append(None)
+            continue
         name = f"{spec.state_names[s]}0"
         width = dims.hr if s == 0 else dims.hidden_size
-        buf = ws.get(f"state0_{s}", dtype, lambda T_, B_, w=width: (L * D, B_, w))
-        if value is None:
-            buf.fill(0)
-        else:
-            arr = _check_dtype(name, _to_numpy(name, value), dtype)
-            want = (L * D, width) if unbatched else (L * D, B, width)
-            if arr.shape != want:
-                raise ShapeError(
-                    f"{name} must have shape {_shape_str(want)} = [num_layers*num_directions, "
-                    f"{'' if unbatched else 'batch, '}{'proj_size' if (s == 0 and dims.proj_size) else 'hidden_size'}], "
-                    f"got {_shape_str(arr.shape)}"
-                )
-            np.copyto(buf, arr.reshape(L * D, B, width))
-        states.append(buf)
-    return spec, dims, dtype, layers, x0, tuple(states), lens, ws, unbatched
+        arr = _check_dtype(name, _to_numpy(name, value), dtype)
+        want = (L * D, width) if unbatched else (L * D, B, width)
+        if arr.shape != want:
+            raise ShapeError(
+                f"{name} must have shape {_shape_str(want)} = [num_layers*num_directions, "
+                f"{'' if unbatched else 'batch, '}{'proj_size' if (s == 0 and dims.proj_size) else 'hidden_size'}], "
+                f"got {_shape_str(arr.shape)}"
+            )
+        states.append(arr.reshape(L * D, B, width))
+    ws = workspace if workspace is not None else Workspace()
+    return spec, dims, dtype, layers, xa, tuple(states), lens, lengths is not None, ws, unbatched
 
 
 def _out_y(ws, y, dtype, batch_first, unbatched):
@@ -255,10 +253,12 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         from .cuda_network import cuda_forward
         return cuda_forward(cell, x, params, state0, lengths=lengths, batch_first=batch_first,
                             workspace=workspace, training=training, **cell_options)
-    spec, dims, dtype, layers, x0, states, lens, ws, unbatched = _prepare(
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training must be True or False, got {training!r}")
+    spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
-    y, state_n, tape = run_forward(spec, dims, layers, x0, states, lens, ws, bool(training),
-                                   bool(batch_first), unbatched, dtype)
+    y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
+                                   bool(training), bool(batch_first), unbatched, dtype)
     return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
 
 
@@ -445,7 +445,7 @@ def init_params(cell, input_size: int, hidden_size: int, num_layers: int = 1,
         Unsupported dtype.
     """
     spec = get_registry().get(cell).with_options(**cell_options)
-    return init_params_for_spec(spec, input_size, hidden_size, num_layers, bool(bidirectional),
+    return init_params_for_spec(spec, input_size, hidden_size, num_layers, bidirectional,
                                 proj_size, dtype, seed)
 
 

@@ -73,13 +73,51 @@ def _rows(ws, dtype, spec, H):
     return {n: ws.get("r_" + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()}
 
 
-def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Workspace,
-                training: bool, batch_first: bool, unbatched: bool, dtype):
-    """Run the network. ``x`` [T, B, I] and ``state0`` (tuple of [L*D, B, *]) are validated.
+def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype):
+    """Copy x, the initial states and the parameters into the workspace (no allocation).
 
-    Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)``; arrays are workspace views.
+    x is stored time-major with padded steps zeroed; the parameters are copied so that the
+    tape never depends on the caller's arrays (changing them before ``backward`` is safe).
     """
-    T, B, _ = x.shape
+    T, B, I = xa.shape
+    L, D, Hr, H = dims.num_layers, dims.num_directions, dims.hr, dims.hidden_size
+    x0 = ws.get("x0", dtype, lambda T_, B_: (T_, B_, I))
+    np.copyto(x0, xa)
+    if padded:
+        for b in np.nonzero(lengths < T)[0]:
+            x0[lengths[b]:, b] = 0
+    state0 = []
+    for s, value in enumerate(states):
+        buf = ws.get(f"state0_{s}", dtype, lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
+        if value is None:
+            buf.fill(0)
+        else:
+            np.copyto(buf, value)
+        state0.append(buf)
+    staged = []
+    for k, per_dir in enumerate(layers):
+        row = []
+        for d, group in enumerate(per_dir):
+            copies = {}
+            for prefix, arr in group.items():
+                buf = ws.get(f"p_{prefix}{_sfx(k, d)}", dtype, lambda T_, B_, sh=arr.shape: sh)
+                np.copyto(buf, arr)
+                copies[prefix] = buf
+            row.append(copies)
+        staged.append(row)
+    return x0, tuple(state0), staged
+
+
+def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded, ws: Workspace,
+                training: bool, batch_first: bool, unbatched: bool, dtype):
+    """Run the network on validated inputs.
+
+    ``xa`` [T, B, I] is a time-major view of x (any strides), ``states`` a tuple with None or
+    [L*D, B, *] per state variable, ``layers`` the caller's parameter arrays; all are copied
+    into the workspace first. Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)`` as
+    workspace views.
+    """
+    T, B, _ = xa.shape
     L, D, H, Hr = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr
     G, G1, S, K = spec.num_gates, spec.g1, spec.num_states, spec.tape_size
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
@@ -87,6 +125,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, x, state0, lengths, ws: Work
     mod = cpu_kernels(spec, dtype)
     gen = ws._begin(T, B)
     keep = bool(training)
+    x, state0, layers = _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype)
 
     zeros_bias = ws.get("zero_bias", dtype, lambda T_, B_: (GH,), zero=True)
     no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))

@@ -67,9 +67,9 @@ def param_keys(spec: CellSpec, num_layers: int, num_directions: int, bias: bool 
 
 
 def _as_param_array(key: str, value) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        value = value.detach().cpu().numpy()
     try:
+        if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+            value = value.detach().cpu().numpy()
         arr = np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way
         raise DTypeError(f"params[{key!r}] is not convertible to a NumPy array: {exc}") from None
@@ -97,8 +97,8 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
     dtype : numpy.dtype
         float32 or float64, shared by every parameter.
     layers : list of list of dict
-        ``layers[k][d][prefix]`` is the C-contiguous array for that key (the caller's own
-        array when it already is C-contiguous; never written to).
+        ``layers[k][d][prefix]`` is the caller's array for that key, any layout (never
+        written to; the engine copies it into its workspace).
 
     Raises
     ------
@@ -203,7 +203,7 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
                         f"got {list(a.shape)} (input_size={in_size}, hidden_size={H}"
                         f"{f', proj_size={P}' if P else ''}, {G} gates)"
                     )
-                arrays[prefix] = np.ascontiguousarray(a)
+                arrays[prefix] = a
             per_dir.append(arrays)
         layers.append(per_dir)
     dims = Dims(num_layers, num_directions, I, H, P, has_bias)
@@ -221,7 +221,12 @@ def init_params_for_spec(spec: CellSpec, input_size: int, hidden_size: int, num_
         raise ValueError(f"cell {spec.name!r} does not support proj_size")
     if proj_size >= hidden_size:
         raise ValueError(f"proj_size must be smaller than hidden_size={hidden_size}, got {proj_size}")
-    dtype = np.dtype(dtype)
+    if not isinstance(bidirectional, (bool, np.bool_)):
+        raise TypeError(f"bidirectional must be True or False, got {bidirectional!r}")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise DTypeError(f"dtype must be float32 or float64, got {dtype}")
     rng = np.random.default_rng(seed)

@@ -25,7 +25,6 @@ def spec_lstm_forward(ax, ah, sp, ex, sn, tp, j, H):
     tp[H + j] = f
     tp[2 * H + j] = g
     tp[3 * H + j] = o
-    tp[4 * H + j] = tc
 
 
 @njit(cache=True)
@@ -34,7 +33,7 @@ def spec_lstm_backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
     f = tp[H + j]
     g = tp[2 * H + j]
     o = tp[3 * H + j]
-    tc = tp[4 * H + j]
+    tc = tanh(sn[1, j])  # recomputed: four tape values keep the rule loop vectorized
     dh = ds[0, j]
     dc = ds[1, j] + dh * o * (1.0 - tc * tc)
     di = dc * g * i * (1.0 - i)
@@ -57,7 +56,7 @@ SPEC_LSTM = gatecore.CellSpec(
     name="spec_lstm",
     gate_names=("i", "f", "g", "o"),
     state_names=("h", "c"),
-    tape_size=5,
+    tape_size=4,
     forward=spec_lstm_forward,
     backward=spec_lstm_backward,
     supports_projection=True,

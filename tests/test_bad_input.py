@@ -139,3 +139,51 @@ def test_cuda_array_is_refused_clearly(p):
 
     with pytest.raises((TypeError, RuntimeError), match="CUDA"):
         gatecore.lstm(FakeCuda(), p)
+
+
+def test_failed_call_leaves_the_workspace_and_its_tape_intact(p):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    dy = rng.standard_normal((5, 2, 8)).astype(np.float32)
+    _, _, ref_tape = gatecore.forward("lstm", x, p)
+    ref = {k: v.copy() for k, v in gatecore.backward(ref_tape, dy)[2].items()}
+    ws = gatecore.Workspace()
+    _, _, tape = gatecore.forward("lstm", x, p, workspace=ws)
+    for bad_x, bad_h0 in ((x * 10, np.zeros((9, 9, 9), np.float32)),
+                          (np.zeros((7, 3, 3), np.float32), np.zeros((1, 1, 1), np.float32))):
+        with pytest.raises(ShapeError):
+            gatecore.forward("lstm", bad_x, p, (bad_h0, None), workspace=ws)
+    dp = gatecore.backward(tape, dy)[2]
+    for k in ref:
+        np.testing.assert_array_equal(dp[k], ref[k])
+
+
+def test_changing_params_after_forward_does_not_change_gradients(rng):
+    p = gatecore.init_params("lstm", 3, 4, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    dy = rng.standard_normal((5, 2, 4))
+    _, _, tape = gatecore.forward("lstm", x, p)
+    ref = gatecore.backward(tape, dy)[0].copy()
+    p["weight_ih_l0"] *= 2  # an optimizer step taken too early
+    np.testing.assert_array_equal(gatecore.backward(tape, dy)[0], ref)
+
+
+def test_bool_arguments_are_strict(p, x):
+    raises(TypeError, r"training must be True or False", gatecore.forward, "lstm", x, p, training="no")
+    raises(TypeError, r"bidirectional must be True or False", gatecore.init_params, "lstm", 3, 4,
+           bidirectional="no")
+    raises(ValueError, r"max_seq_len must be", gatecore.Workspace, True)
+    raises(DTypeError, r"dtype must be float32 or float64", gatecore.init_params, "lstm", 3, 4, dtype="bogus")
+    pg = gatecore.init_params("gru", 3, 4)
+    y1, _ = gatecore.gru(x, pg, reset_after=np.False_)
+    y2, _ = gatecore.gru(x, pg, reset_after=False)
+    np.testing.assert_array_equal(y1, y2)
+    raises(TypeError, r"reset_after must be True or False", gatecore.gru, x, pg, reset_after=0)
+
+
+def test_masked_and_unconvertible_inputs(p, x):
+    raises(DTypeError, r"x is a masked array", gatecore.lstm, np.ma.masked_array(x), p)
+    torch = pytest.importorskip("torch")
+    raises(DTypeError, r"x is not convertible", gatecore.lstm, torch.zeros(5, 2, 3, dtype=torch.bfloat16), p)
+    pb = {k: torch.tensor(v).to(torch.bfloat16) for k, v in p.items()}
+    raises(DTypeError, r"params\['weight_ih_l0'\] is not convertible", gatecore.lstm, x, pb)

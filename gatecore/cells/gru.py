@@ -15,6 +15,8 @@ h_t = (1 - z) h_{t-1} + z n use the complement; negate the z rows of weights and
 convert. ONNX and Keras order the gates z, r, h: see ``gatecore.weights``.
 """
 
+import numpy as np
+
 from .._numba import pointwise
 from ._math import sigmoid, tanh
 from .spec import CellSpec
@@ -97,7 +99,7 @@ def gru_before_backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
 
 
 def _configure(reset_after=True):
-    if not isinstance(reset_after, (bool, int)) or reset_after not in (0, 1):
+    if not isinstance(reset_after, (bool, np.bool_)):
         raise TypeError(f"gru option reset_after must be True or False, got {reset_after!r}")
     return GRU_RESET_AFTER if reset_after else GRU_RESET_BEFORE
 
