@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ._threads import blas_threads_for_step
 from .errors import DTypeError, ShapeError
 from .network import Tape, run_backward, run_forward
 from .params import Dims, init_params_for_spec, parse_params
@@ -257,8 +258,9 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         raise TypeError(f"training must be True or False, got {training!r}")
     spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
-    y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
-                                   bool(training), bool(batch_first), unbatched, dtype)
+    with blas_threads_for_step(xa.shape[1] * spec.num_gates * dims.hidden_size * dims.hr):
+        y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
+                                       bool(training), bool(batch_first), unbatched, dtype)
     return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
 
 
@@ -339,7 +341,8 @@ def backward(tape: Tape, dy=None, dstate_n=None):
         if arr.shape != want:
             raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
         ds_list.append(arr.reshape(L * D, B, width))
-    dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
+    with blas_threads_for_step(B * spec.num_gates * dims.hidden_size * Hr):
+        dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
     if tape.unbatched:
         dx = dx[:, 0, :]
     elif tape.batch_first:

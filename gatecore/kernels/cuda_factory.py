@@ -24,18 +24,15 @@ GATECORE_CUDA_CACHE
 
 from __future__ import annotations
 
-import hashlib
 import os
-import sys
 import threading
 import types
 from importlib import resources
 
 import numpy as np
 
-from .. import config
 from ..cells.spec import CellSpec
-from .factory import _specialise
+from .factory import _specialise, load_generated
 
 __all__ = ["cuda_kernels", "TILE", "THREADS", "device_function"]
 
@@ -153,21 +150,11 @@ def cuda_kernels(spec: CellSpec, dtype) -> types.ModuleType:
             f"TILE = {TILE}\nTILE1 = {TILE + 1}\nCACHE = {CACHE}\n\n"
         )
         src = header + _specialise(_template(), spec.two_stage)
-        digest = hashlib.sha256((src + fp).encode()).hexdigest()[:16]
-        path = config.cache_dir() / f"cuda_{spec.name}_{spec.variant or 'base'}_{dtype.name}_{digest}.py"
-        if not path.exists() or path.read_text() != src:
-            tmp = path.with_suffix(f".tmp{threading.get_ident()}")
-            tmp.write_text(src)
-            tmp.replace(path)
-        mod = types.ModuleType(f"gatecore_cuda_kernels_{path.stem}")
-        mod.__file__ = str(path)
-        sys.modules[mod.__name__] = mod
-        mod.__dict__.update(
+        mod = load_generated(f"cuda_{spec.name}_{spec.variant or 'base'}_{dtype.name}", src, fp, dict(
             _fwd1=device_function(spec.forward_stage1) if spec.two_stage else None,
             _fwd=device_function(spec.forward),
             _bwd2=device_function(spec.backward_stage2) if spec.two_stage else None,
             _bwd=device_function(spec.backward),
-        )
-        exec(compile(src, str(path), "exec"), mod.__dict__)
+        ))
         _cache[key] = mod
         return mod

@@ -32,7 +32,7 @@ from .. import config
 from ..cells._math import FLOAT32_VERSIONS
 from ..cells.spec import CellSpec
 
-__all__ = ["cpu_kernels", "inline_rule"]
+__all__ = ["cpu_kernels", "inline_rule", "load_generated"]
 
 _lock = threading.RLock()
 _cache: dict[tuple[str, str], types.ModuleType] = {}
@@ -139,8 +139,23 @@ def _build(spec: CellSpec, dname: str, fp: str) -> types.ModuleType:
         f"DTYPE = {dname!r}\nCACHE = {cache}\n\n"
     )
     src = header + _specialise(_template(), spec.two_stage)
-    digest = hashlib.sha256((src + fp).encode()).hexdigest()[:16]
-    path = config.cache_dir() / f"cpu_{spec.name}_{spec.variant or 'base'}_{dname}_{digest}.py"
+    return load_generated(f"cpu_{spec.name}_{spec.variant or 'base'}_{dname}", src, fp, dict(
+        _fwd1=inline_rule(spec.forward_stage1, dname),
+        _fwd=inline_rule(spec.forward, dname),
+        _bwd2=inline_rule(spec.backward_stage2, dname),
+        _bwd=inline_rule(spec.backward, dname),
+    ))
+
+
+def load_generated(stem: str, src: str, fingerprint: str, injected: dict) -> types.ModuleType:
+    """Write ``src`` to ``<cache dir>/<stem>_<hash>.py`` (if changed) and execute it as a module.
+
+    ``injected`` (the compiled cell rules) becomes module globals before execution. The file
+    name holds a hash of the source and of the rules' fingerprint, so Numba's on-disk cache,
+    keyed by file, is invalidated when either changes.
+    """
+    digest = hashlib.sha256((src + fingerprint).encode()).hexdigest()[:16]
+    path = config.cache_dir() / f"{stem}_{digest}.py"
     if not path.exists() or path.read_text() != src:
         tmp = path.with_suffix(f".tmp{threading.get_ident()}")
         tmp.write_text(src)
@@ -149,11 +164,6 @@ def _build(spec: CellSpec, dname: str, fp: str) -> types.ModuleType:
     mod.__file__ = str(path)
     # Numba's cache rebuilds a kernel's environment by module name: make it findable.
     sys.modules[mod.__name__] = mod
-    mod.__dict__.update(
-        _fwd1=inline_rule(spec.forward_stage1, dname),
-        _fwd=inline_rule(spec.forward, dname),
-        _bwd2=inline_rule(spec.backward_stage2, dname),
-        _bwd=inline_rule(spec.backward, dname),
-    )
+    mod.__dict__.update(injected)
     exec(compile(src, str(path), "exec"), mod.__dict__)
     return mod
