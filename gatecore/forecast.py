@@ -203,9 +203,14 @@ def read_series(path: str | None = None, column: str | None = None) -> Series:
     values: list[float] = []
     labels: list[str] = []
     missing_lines: list[int] = []
+    blank_line = None  # an empty line is a missing value unless only empty lines follow it
     for row in reader:
         if not any(cell.strip() for cell in row):
+            blank_line = blank_line or reader.line_num
             continue
+        if blank_line is not None:
+            missing_lines.append(blank_line)
+            blank_line = None
         line = reader.line_num
         cell = row[ci].strip() if ci < len(row) else ""
         if cell.lower() in _MISSING:

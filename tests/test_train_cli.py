@@ -176,3 +176,14 @@ def test_bad_input_console_script(tmp_path):
     assert proc.stderr.splitlines() == [
         f"gatecore train: error: {bad}: column 'co2' has 1 missing or NaN value(s) (first on line 3); "
         "fill or drop them first"]
+
+
+def test_empty_line_inside_the_data_is_a_missing_value(tmp_path, capsys):
+    path = tmp_path / "gap.csv"
+    rows = ["value"] + [str(300 + 0.1 * i) for i in range(60)]
+    rows.insert(30, "")
+    path.write_text("\n".join(rows) + "\n\n")
+    from gatecore.cli import main
+    assert main(["train", "--csv", str(path), "--column", "value", "--epochs", "1", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "missing" in err[0]

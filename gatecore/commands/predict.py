@@ -57,7 +57,8 @@ def _run(args) -> int:
     plot = args.plot
     if plot and not F.matplotlib_available():
         print("gatecore predict: --plot needs matplotlib, which is not installed "
-              "(pip install 'gatecore[plot]'); continuing without the plot", file=sys.stderr)
+              "(pip install matplotlib, or from the checkout: pip install -e '.[plot]'); "
+              "continuing without the plot", file=sys.stderr)
         plot = None
     model, meta, _ = F.Forecaster.load(args.model)
     column = args.column or (str(meta["column"]) if "column" in meta else None)

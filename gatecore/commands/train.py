@@ -90,7 +90,8 @@ def _run(args) -> int:
     plot = args.plot
     if plot and not F.matplotlib_available():
         print("gatecore train: --plot needs matplotlib, which is not installed "
-              "(pip install 'gatecore[plot]'); continuing without the plot", file=sys.stderr)
+              "(pip install matplotlib, or from the checkout: pip install -e '.[plot]'); "
+              "continuing without the plot", file=sys.stderr)
         plot = None
     series = F.read_series(args.csv, args.column)
     with F.blas_single_thread():
@@ -160,5 +161,5 @@ def print_summary(series, result, seconds: float, written=()) -> None:
     print()
     for what, path in written:
         print(f"{what}: {path}")
-    print(f"time: {seconds:.1f} s (training {result.seconds:.1f} s, first Numba compilation included; "
+    print(f"time: {seconds:.1f} s (training {result.seconds:.1f} s, Numba compilation included on a first run; "
           "Python start-up not counted)")
