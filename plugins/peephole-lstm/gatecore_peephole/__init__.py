@@ -15,7 +15,7 @@ holding ``[p_i, p_f, p_o]``::
 ONNX orders the peepholes ``P = [p_i, p_o, p_f]``: see :func:`to_onnx`. With
 ``proj_size`` (LSTMP, Sak et al. 2014, who used peepholes too) ``h_t = W_hr (o * tanh(c_t))``.
 
-Tape per unit: i, f, g, o, tanh(c_t); ``c_t`` itself is read back from the new state.
+Tape per unit: i, f, g, o; ``c_t`` is read back from the new state and tanh(c_t) recomputed.
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ def peephole_forward(ax, ah, sp, ex, sn, tp, j, H):
     tp[H + j] = f
     tp[2 * H + j] = g
     tp[3 * H + j] = o
-    tp[4 * H + j] = tc
 
 
 @njit(cache=True)
@@ -53,9 +52,9 @@ def peephole_backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
     f = tp[H + j]
     g = tp[2 * H + j]
     o = tp[3 * H + j]
-    tc = tp[4 * H + j]
     c_prev = sp[1, j]
     c = sn[1, j]
+    tc = tanh(c)  # recomputed: a tape of four values keeps the rule loop vectorized
     dh = ds[0, j]
     do = dh * tc * o * (1.0 - o)
     # c_t reaches the loss through h_t = o tanh(c_t), through o's peephole and through c_{t+1}
@@ -82,7 +81,7 @@ PEEPHOLE_LSTM = gatecore.CellSpec(
     name="peephole_lstm",
     gate_names=("i", "f", "g", "o"),
     state_names=("h", "c"),
-    tape_size=5,
+    tape_size=4,
     forward=peephole_forward,
     backward=peephole_backward,
     extra_params=(("weight_peephole", 3),),
