@@ -42,23 +42,36 @@ def _scipy_blas():
     return _controllers
 
 
+_depth = 0
+_saved: list = []
+
+
 @contextlib.contextmanager
 def blas_threads_for_step(macs_per_step: int):
-    """Use one SciPy-BLAS thread while a call with small per-step products runs."""
+    """Use one SciPy-BLAS thread while a call with small per-step products runs.
+
+    Nested or concurrent calls share one save/restore: the first to enter saves the thread
+    counts and sets 1, the last to leave restores them.
+    """
+    global _depth, _saved
     if macs_per_step >= SMALL_STEP_MACS or os.environ.get("GATECORE_BLAS_THREADS") == "keep":
         yield
         return
-    libs = [lib for lib in _scipy_blas() if lib.num_threads > 1]
+    libs = _scipy_blas()
     if not libs:
         yield
         return
     with _lock:
-        saved = [lib.num_threads for lib in libs]
-        for lib in libs:
-            lib.set_num_threads(1)
+        if _depth == 0:
+            _saved = [(lib, lib.num_threads) for lib in libs]
+            for lib in libs:
+                lib.set_num_threads(1)
+        _depth += 1
     try:
         yield
     finally:
         with _lock:
-            for lib, n in zip(libs, saved):
-                lib.set_num_threads(n)
+            _depth -= 1
+            if _depth == 0:
+                for lib, n in _saved:
+                    lib.set_num_threads(n)

@@ -8,7 +8,8 @@ Dtype rule
 The parameters decide the compute dtype: float32 or float64 (all parameters alike). Float
 inputs (``x``, states, ``dy``) must have that same dtype (a float32/float64 mix raises
 :class:`~gatecore.errors.DTypeError`). Integer, boolean and float16 inputs are converted to
-the parameters' dtype (exactly, or by rounding to nearest for float16 -> float32 is exact).
+the parameters' dtype with NumPy's ``astype`` (exact for float16 and for integers up to
+2**24 in float32 / 2**53 in float64; larger integers round to nearest).
 Complex and object arrays are refused.
 """
 

@@ -201,7 +201,7 @@ def run_backward(tape: Tape, dy, dstate_n):
     ws = tape.workspace
     if ws.generation != tape.generation:
         raise StaleTapeError(
-            "tape is stale: its workspace was reused by a later forward or backward call "
+            "tape is stale: its workspace was reused by a later forward call (or cleared) "
             f"(tape generation {tape.generation}, workspace now at {ws.generation}); run "
             "backward before reusing the workspace, or give each forward its own workspace"
         )
@@ -214,6 +214,8 @@ def run_backward(tape: Tape, dy, dstate_n):
     mod = cpu_kernels(spec, dtype)
     lengths = tape.lengths
     rows = _rows(ws, dtype, spec, H)
+    if not spec.two_stage:
+        rows["dur"].fill(0)  # du is documented as zeros for one-stage cells
 
     no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))
     dhr = ws.get("b_dhr", dtype, lambda T_, B_: (B_, Hr))

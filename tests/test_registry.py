@@ -18,6 +18,7 @@ import pytest
 from numba import njit
 
 import gatecore
+from gatecore.activations import tanh
 from gatecore import cli
 from gatecore.errors import CellSpecError, UnknownCellError
 from gatecore.registry import manager
@@ -123,7 +124,7 @@ def test_autoload_can_be_disabled(tmp_path, monkeypatch):
     ("""
     @gatecore.hookimpl
     def gatecore_register_cells(register):
-        register(dataclasses.replace(SPEC_LSTM, name="short_tape", tape_size=4))
+        register(dataclasses.replace(SPEC_LSTM, name="short_tape", tape_size=3))
     """, "indexes past the arrays"),
     ("""
     @gatecore.hookimpl
@@ -234,7 +235,7 @@ def _wrong_backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
     f = tp[H + j]
     g = tp[2 * H + j]
     o = tp[3 * H + j]
-    tc = tp[4 * H + j]
+    tc = tanh(sn[1, j])
     dh = ds[0, j]
     dc = ds[1, j] + dh * o * (1.0 - tc * tc)
     di = dc * g * i * (1.0 - i)
@@ -279,3 +280,59 @@ def test_cli_check_exit_codes(capsys):
     assert cli.main(["check", "lstm"]) == 0
     out = capsys.readouterr().out
     assert "PASS  gradients" in out and out.splitlines()[-1].startswith("PASSED")
+
+
+def test_plugin_that_uses_gatecore_while_imported_does_not_deadlock(tmp_path):
+    """A plugin module calling gatecore.get_cell at import time must not hang the process."""
+    import subprocess
+    import sys
+    import textwrap
+
+    (tmp_path / "reentrant_plug.py").write_text(textwrap.dedent("""
+        import dataclasses
+        import gatecore
+        BASE = gatecore.get_cell("lstm")          # calls back into the registry while loading
+        CELL = dataclasses.replace(BASE, name="reentrant_lstm")
+
+        @gatecore.hookimpl
+        def gatecore_register_cells(register):
+            register(CELL)
+    """))
+    dist = tmp_path / "reentrant_plug-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: reentrant-plug\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[gatecore]\nreentrant = reentrant_plug\n")
+    env = dict(__import__("os").environ, PYTHONPATH=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", "import gatecore; print(sorted(gatecore.list_cells()))"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "reentrant_lstm" in out.stdout and "lstm" in out.stdout
+
+
+def _scaled_spec(alpha):
+    """A GRU whose output is scaled by a closure constant (frozen into the kernel by Numba)."""
+    from gatecore.cells.gru import GRU_RESET_AFTER, gru_after_forward
+
+    fwd = gru_after_forward
+
+    def forward(ax, ah, sp, ex, sn, tp, j, H):
+        fwd(ax, ah, sp, ex, sn, tp, j, H)
+        sn[0, j] = alpha * sn[0, j]
+
+    return dataclasses.replace(GRU_RESET_AFTER, name="scaled_gru", forward=forward,
+                               configure=None, option_defaults={})
+
+
+def test_kernel_cache_key_includes_closure_constants():
+    a, b = _scaled_spec(1.0), _scaled_spec(0.0)
+    assert a.fingerprint() != b.fingerprint()
+    p = gatecore.init_params("gru", 2, 3, dtype=np.float64, seed=0)
+    x = np.ones((3, 1, 2))
+    ya, _, _ = gatecore.forward(a, x, p, training=False)
+    yb, _, _ = gatecore.forward(b, x, p, training=False)
+    assert np.any(ya != 0) and np.all(yb == 0)
+
+
+def test_cell_names_must_be_lower_case():
+    with pytest.raises(gatecore.CellSpecError, match="lower-case"):
+        dataclasses.replace(SPEC_LSTM, name="MyLSTM").validate()

@@ -74,6 +74,27 @@ def _py(fn):
     return getattr(fn, "py_func", fn)
 
 
+def _global_names(code) -> set:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _value_key(value) -> bytes:
+    """Bytes that change when a constant a rule reads changes (functions: by name only,
+    their source is hashed separately)."""
+    if isinstance(value, types.ModuleType):
+        return f"module {value.__name__}".encode()
+    if callable(value):
+        py = _py(value)
+        return f"fn {getattr(py, '__module__', '')}.{getattr(py, '__qualname__', repr(py))}".encode()
+    if isinstance(value, np.ndarray):
+        return f"array {value.dtype} {value.shape}".encode() + value.tobytes()
+    return repr(value).encode()
+
+
 def _helpers(fn, seen: set) -> list:
     """Plain Python functions that ``fn`` calls through its globals, transitively."""
     out = []
@@ -247,6 +268,11 @@ class CellSpec:
                     code = py.__code__
                     h.update(code.co_code + repr(code.co_consts).encode())
                 h.update(f"{py.__module__}.{py.__qualname__}".encode())
+                # values Numba freezes into the compiled rule: closure cells, global constants
+                for value in [c.cell_contents for c in (py.__closure__ or ())] + [
+                        py.__globals__[n] for n in sorted(_global_names(py.__code__))
+                        if n in py.__globals__]:
+                    h.update(_value_key(value))
         return h.hexdigest()[:16]
 
     def validate(self) -> None:
@@ -260,8 +286,8 @@ class CellSpec:
             stage split without its two extra rules, or bad extra parameter declarations.
         """
         who = f"cell {self.name!r}"
-        if not isinstance(self.name, str) or not self.name.isidentifier():
-            raise CellSpecError(f"{who}: name must be an identifier-like string")
+        if not isinstance(self.name, str) or not self.name.isidentifier() or self.name != self.name.lower():
+            raise CellSpecError(f"{who}: name must be a lower-case identifier (as 'peephole_lstm')")
         if not self.gate_names or len(set(self.gate_names)) != len(self.gate_names):
             raise CellSpecError(f"{who}: gate_names must be non-empty and unique, got {self.gate_names}")
         if not self.state_names or self.state_names[0] != "h":

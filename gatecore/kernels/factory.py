@@ -19,11 +19,14 @@ file, which invalidates the cache.
 from __future__ import annotations
 
 import hashlib
+import inspect
+import os
 import sys
 import threading
 import types
 from importlib import resources
 
+import numba
 import numpy as np
 from numba import njit
 from numba.core.dispatcher import Dispatcher
@@ -35,6 +38,9 @@ from ..cells.spec import CellSpec
 __all__ = ["cpu_kernels", "inline_rule", "load_generated"]
 
 _lock = threading.RLock()
+# part of every generated file's name: a new Numba or new float32 activations mean new files
+_ENV_KEY = numba.__version__ + "".join(
+    inspect.getsource(fn.py_func) for fn in FLOAT32_VERSIONS.values())
 _cache: dict[tuple[str, str], types.ModuleType] = {}
 # fast path for repeated calls: (id(spec), dtype) -> (spec, module); the spec is kept alive
 _by_id: dict[tuple[int, str], tuple[CellSpec, types.ModuleType]] = {}
@@ -154,10 +160,11 @@ def load_generated(stem: str, src: str, fingerprint: str, injected: dict) -> typ
     name holds a hash of the source and of the rules' fingerprint, so Numba's on-disk cache,
     keyed by file, is invalidated when either changes.
     """
-    digest = hashlib.sha256((src + fingerprint).encode()).hexdigest()[:16]
+    digest = hashlib.sha256((src + fingerprint + _ENV_KEY).encode()).hexdigest()[:16]
     path = config.cache_dir() / f"{stem}_{digest}.py"
     if not path.exists() or path.read_text() != src:
-        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
+        # unique per process and thread: forked workers share thread idents
+        tmp = path.with_suffix(f".tmp{os.getpid()}_{threading.get_ident()}")
         tmp.write_text(src)
         tmp.replace(path)
     mod = types.ModuleType(f"gatecore_kernels_{path.stem}")

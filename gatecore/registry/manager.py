@@ -44,7 +44,7 @@ class CellRegistry:
         ``GATECORE_DISABLE_PLUGIN_AUTOLOAD=1``).
     """
 
-    def __init__(self, autoload: bool | None = None) -> None:
+    def __init__(self, autoload: bool | None = None, *, defer_entry_points: bool = False) -> None:
         self.pm = pluggy.PluginManager("gatecore")
         self.pm.add_hookspecs(hookspecs)
         self._cells: dict[str, RegisteredCell] = {}
@@ -53,7 +53,14 @@ class CellRegistry:
         from ..cells import builtin
 
         self._load_plugin(builtin, "gatecore (built-in)")
-        if config.plugin_autoload() if autoload is None else autoload:
+        self._autoload = config.plugin_autoload() if autoload is None else autoload
+        if not defer_entry_points:
+            self.load_entry_points()
+
+    def load_entry_points(self) -> None:
+        """Load every entry point of group ``gatecore`` (once; errors are recorded)."""
+        if self._autoload:
+            self._autoload = False
             for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP),
                              key=lambda e: e.name):
                 name = _plugin_name(ep)
@@ -160,16 +167,30 @@ def _plugin_name(ep) -> str:
 
 
 _registry: CellRegistry | None = None
-_registry_lock = threading.Lock()
+_registry_lock = threading.RLock()
+_loading_thread: int | None = None
 
 
 def get_registry() -> CellRegistry:
-    """The process-wide registry (built on first use; entry points load once)."""
-    global _registry
-    if _registry is None:
-        with _registry_lock:
-            if _registry is None:
-                _registry = CellRegistry()
+    """The process-wide registry (built on first use; entry points load once).
+
+    The registry is published (built-ins only) before plugins are imported, so a plugin that
+    calls gatecore while it is being imported finds it; other threads wait until every
+    plugin is loaded.
+    """
+    global _registry, _loading_thread
+    registry = _registry
+    if registry is not None and _loading_thread in (None, threading.get_ident()):
+        return registry
+    with _registry_lock:
+        if _registry is None:
+            registry = CellRegistry(defer_entry_points=True)
+            _registry = registry
+            _loading_thread = threading.get_ident()
+            try:
+                registry.load_entry_points()
+            finally:
+                _loading_thread = None
     return _registry
 
 
