@@ -24,6 +24,7 @@ import os
 import sys
 import threading
 import types
+import weakref
 from importlib import resources
 
 import numba
@@ -42,8 +43,9 @@ _lock = threading.RLock()
 _ENV_KEY = numba.__version__ + "".join(
     inspect.getsource(fn.py_func) for fn in FLOAT32_VERSIONS.values())
 _cache: dict[tuple[str, str], types.ModuleType] = {}
-# fast path for repeated calls: (id(spec), dtype) -> (spec, module); the spec is kept alive
-_by_id: dict[tuple[int, str], tuple[CellSpec, types.ModuleType]] = {}
+# fast path for repeated calls: (id(spec), dtype) -> (weak ref to spec, module); weak, so that
+# specs built on the fly by a cell's configure() can be dropped (the ref check guards id reuse)
+_by_id: dict[tuple[int, str], tuple[weakref.ref, types.ModuleType]] = {}
 _inlined: dict[tuple[object, str], object] = {}
 
 
@@ -123,7 +125,7 @@ def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
     """
     dname = np.dtype(dtype).name
     hit = _by_id.get((id(spec), dname))
-    if hit is not None and hit[0] is spec:
+    if hit is not None and hit[0]() is spec:
         return hit[1]
     with _lock:
         fp = spec.fingerprint()
@@ -131,7 +133,10 @@ def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
         if mod is None:
             mod = _build(spec, dname, fp)
             _cache[(fp, dname)] = mod
-        _by_id[(id(spec), dname)] = (spec, mod)
+        if len(_by_id) > 256:  # drop entries whose spec is gone
+            for key in [k for k, (ref, _) in _by_id.items() if ref() is None]:
+                del _by_id[key]
+        _by_id[(id(spec), dname)] = (weakref.ref(spec), mod)
         return mod
 
 
