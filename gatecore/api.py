@@ -20,9 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ._threads import blas_threads_for_step
 from .errors import DTypeError, ShapeError
-from .network import Tape, run_backward, run_forward
+from .network import Tape, blas_scope, run_backward, run_forward
 from .params import Dims, init_params_for_spec, parse_params
 from .registry.manager import get_registry
 from .workspace import Workspace
@@ -259,7 +258,7 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         raise TypeError(f"training must be True or False, got {training!r}")
     spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
-    with blas_threads_for_step(xa.shape[1] * spec.num_gates * dims.hidden_size * dims.hr):
+    with blas_scope(spec, dims, xa.shape[1]):
         y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
                                        bool(training), bool(batch_first), unbatched, dtype)
     return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
@@ -300,9 +299,8 @@ def backward(tape: Tape, dy=None, dstate_n=None):
         raise TypeError(
             f"tape must be the Tape returned by gatecore.forward(..., training=True), got {type(tape).__name__}"
         )
+    tape.check_fresh()
     ws = tape.workspace
-    if ws.generation != tape.generation:
-        run_backward(tape, None, ())  # raises StaleTapeError with the full message
     spec, dims, dtype = tape.spec, tape.dims, tape.dtype
     T, B, L, D, Hr = tape.T, tape.B, dims.num_layers, dims.num_directions, dims.hr
     W = D * Hr
@@ -342,7 +340,7 @@ def backward(tape: Tape, dy=None, dstate_n=None):
         if arr.shape != want:
             raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
         ds_list.append(arr.reshape(L * D, B, width))
-    with blas_threads_for_step(B * spec.num_gates * dims.hidden_size * Hr):
+    with blas_scope(spec, dims, B):
         dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
     if tape.unbatched:
         dx = dx[:, 0, :]

@@ -18,13 +18,14 @@ import dataclasses
 import numpy as np
 
 from .cells.spec import CellSpec
+from ._threads import blas_threads_for_step
 from .errors import StaleTapeError
 from .kernels.blas import gemm, gemm_acc
 from .kernels.factory import cpu_kernels
 from .params import Dims
 from .workspace import Workspace
 
-__all__ = ["Tape", "run_forward", "run_backward"]
+__all__ = ["Tape", "run_forward", "run_backward", "blas_scope"]
 
 
 @dataclasses.dataclass
@@ -48,6 +49,16 @@ class Tape:
     xs: list  # layer inputs, time-major [T, B, *]
     buffers: dict  # (k, d) -> dict of hp, st, u, tp, gx
 
+    def check_fresh(self) -> None:
+        """Raise :class:`StaleTapeError` if the workspace was reused since this tape was made."""
+        ws = self.workspace
+        if ws.generation != self.generation:
+            raise StaleTapeError(
+                "tape is stale: its workspace was reused by a later forward call (or cleared) "
+                f"(tape generation {self.generation}, workspace now at {ws.generation}); run "
+                "backward before reusing the workspace, or give each forward its own workspace"
+            )
+
 
 def _sfx(k: int, d: int) -> str:
     return f"_l{k}{'_reverse' if d else ''}"
@@ -63,6 +74,11 @@ def _extras(spec, dims, group, ws, dtype, tag):
         ex[r:r + n] = group[prefix].reshape(n, H)
         r += n
     return ex
+
+
+def blas_scope(spec: CellSpec, dims: Dims, batch: int):
+    """BLAS thread setting for a call: one thread when the per-step product is small."""
+    return blas_threads_for_step(batch * spec.num_gates * dims.hidden_size * dims.hr)
 
 
 def _rows(ws, dtype, spec, H):
@@ -198,13 +214,8 @@ def run_backward(tape: Tape, dy, dstate_n):
     None or [L*D, B, *] per state variable. Returns ``(dx [T, B, I], dstate0 tuple, dparams)``
     as workspace views.
     """
+    tape.check_fresh()
     ws = tape.workspace
-    if ws.generation != tape.generation:
-        raise StaleTapeError(
-            "tape is stale: its workspace was reused by a later forward call (or cleared) "
-            f"(tape generation {tape.generation}, workspace now at {ws.generation}); run "
-            "backward before reusing the workspace, or give each forward its own workspace"
-        )
     spec, dims, dtype = tape.spec, tape.dims, tape.dtype
     T, B = tape.T, tape.B
     L, D, H, Hr, P = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr, dims.proj_size
