@@ -102,11 +102,7 @@ def _helpers(fn, seen: set) -> list:
     code = getattr(py, "__code__", None)
     if code is None:
         return out
-    names = set(code.co_names)
-    for const in code.co_consts:  # nested code objects (rare in rules) name globals too
-        if isinstance(const, types.CodeType):
-            names |= set(const.co_names)
-    for name in sorted(names):
+    for name in sorted(_global_names(code)):
         obj = getattr(py, "__globals__", {}).get(name)
         inner = _py(obj)
         if isinstance(inner, types.FunctionType) and inner not in seen:

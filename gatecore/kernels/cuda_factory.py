@@ -31,7 +31,7 @@ from importlib import resources
 
 import numpy as np
 
-from ..cells.spec import CellSpec
+from ..cells.spec import CellSpec, _global_names
 from .factory import _specialise, load_generated
 
 __all__ = ["cuda_kernels", "TILE", "THREADS", "device_function"]
@@ -63,14 +63,6 @@ _building: set = set()
 
 def _template() -> str:
     return resources.files("gatecore.kernels").joinpath("cuda_kernels.py.in").read_text()
-
-
-def _global_names(code) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
 
 
 def device_function(fn):

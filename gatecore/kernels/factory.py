@@ -34,7 +34,7 @@ from numba.core.dispatcher import Dispatcher
 
 from .. import config
 from ..cells._math import FLOAT32_VERSIONS
-from ..cells.spec import CellSpec
+from ..cells.spec import CellSpec, _global_names
 
 __all__ = ["cpu_kernels", "inline_rule", "load_generated"]
 
@@ -65,14 +65,6 @@ def _specialise(src: str, two_stage: bool) -> str:
         else:
             out.append(line)
     return "\n".join(out) + "\n"
-
-
-def _global_names(code) -> set[str]:
-    names = set(code.co_names)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            names |= _global_names(const)
-    return names
 
 
 def inline_rule(fn, dtype) -> object:
