@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DTypeError, ShapeError
-from .network import Tape, blas_scope, run_backward, run_forward
+from .network import Tape, run_backward, run_forward
 from .params import Dims, init_params_for_spec, parse_params
 from .registry.manager import get_registry
 from .workspace import Workspace
@@ -258,9 +258,8 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         raise TypeError(f"training must be True or False, got {training!r}")
     spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
-    with blas_scope(spec, dims, xa.shape[1]):
-        y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
-                                       bool(training), bool(batch_first), unbatched, dtype)
+    y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
+                                   bool(training), bool(batch_first), unbatched, dtype)
     return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
 
 
@@ -340,8 +339,7 @@ def backward(tape: Tape, dy=None, dstate_n=None):
         if arr.shape != want:
             raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
         ds_list.append(arr.reshape(L * D, B, width))
-    with blas_scope(spec, dims, B):
-        dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
+    dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
     if tape.unbatched:
         dx = dx[:, 0, :]
     elif tape.batch_first:

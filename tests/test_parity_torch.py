@@ -8,6 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gatecore
+from gatecore import network
+from gatecore.cells.lstm import LSTM
+from gatecore.kernels.factory import cpu_kernels
 from conftest import assert_close
 
 torch = pytest.importorskip("torch")
@@ -33,6 +36,8 @@ def configs(draw):
         use_lengths=draw(st.booleans()),
         give_h0=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
+        # per-step products: the kernels' own loop (small steps) or BLAS (large steps)
+        blas=draw(st.booleans()),
     )
 
 
@@ -69,9 +74,15 @@ def test_matches_torch(cfg):
     dtype = cfg["dtype"]
     before = {k: v.copy() for k, v in params.items()}
     x_before = x.copy()
-    y, state_n, tape = gatecore.forward(cfg["cell"], x, params, state0 if cfg["give_h0"] else None,
-                                        lengths=lengths, batch_first=cfg["batch_first"])
-    dx, dstate0, dparams = gatecore.backward(tape, dy, dstate_n)
+    saved = network.OWN_PRODUCT_MACS
+    network.OWN_PRODUCT_MACS = 0 if cfg["blas"] else saved
+    try:
+        y, state_n, tape = gatecore.forward(cfg["cell"], x, params,
+                                            state0 if cfg["give_h0"] else None,
+                                            lengths=lengths, batch_first=cfg["batch_first"])
+        dx, dstate0, dparams = gatecore.backward(tape, dy, dstate_n)
+    finally:
+        network.OWN_PRODUCT_MACS = saved
     ry, rstate_n, rdx, rdstate0, rdparams = torch_oracle.run(
         m, cfg["cell"], x, state0, lengths, cfg["batch_first"], dy, dstate_n)
     assert_close(y, ry, dtype, "y")
@@ -130,3 +141,19 @@ def test_init_params_matches_torch_layout():
             assert p[k].shape == tuple(ref[k].shape), k
             assert p[k].dtype == np.float32
         m.load_state_dict({k: torch.tensor(v) for k, v in p.items()})
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(0, 5), K=st.integers(0, 9), N=st.sampled_from([1, 3, 8, 17, 1024, 1031, 2050]),
+       row0=st.integers(0, 3), dtype=st.sampled_from([np.float32, np.float64]),
+       seed=st.integers(0, 2**31 - 1))
+def test_own_product_matches_numpy(B, K, N, row0, dtype, seed):
+    """The kernels' small-step product ``_mm`` (tiles of 1024 columns, K in groups of 4)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((B, K)).astype(dtype)
+    bt = rng.standard_normal((row0 + K + 2, N)).astype(dtype)
+    out = np.full((B, N), np.nan, dtype)
+    cpu_kernels(LSTM, dtype)._mm(a, bt, row0, out)
+    ref = a.astype(np.float64) @ bt[row0:row0 + K].astype(np.float64)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * max(1, K))

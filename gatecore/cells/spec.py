@@ -49,6 +49,7 @@ import dataclasses
 import hashlib
 import inspect
 import types
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -57,6 +58,10 @@ import numpy as np
 from ..errors import CellSpecError
 
 __all__ = ["CellSpec"]
+
+# specs already returned (validated) by a configure() call: id -> spec, weakly held, so
+# that a cell whose configure() returns prebuilt specs is not re-validated on every call
+_VALIDATED: "weakref.WeakValueDictionary[int, CellSpec]" = weakref.WeakValueDictionary()
 
 _BASE_PARAM_ROWS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
@@ -236,7 +241,9 @@ class CellSpec:
         spec = self.configure(**{**dict(self.option_defaults), **options})
         if not isinstance(spec, CellSpec):
             raise CellSpecError(f"cell {self.name!r}: configure() did not return a CellSpec")
-        spec.validate()
+        if _VALIDATED.get(id(spec)) is not spec:
+            spec.validate()
+            _VALIDATED[id(spec)] = spec
         return spec
 
     def param_rows(self) -> dict[str, int]:
