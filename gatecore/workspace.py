@@ -78,6 +78,7 @@ class Workspace:
         self.device = device
         self.generation = 0
         self._buffers: dict[str, np.ndarray] = {}
+        self._views: dict[tuple, tuple] = {}
         self._shape = (0, 0)
 
     # ----------------------------------------------------------------- internal
@@ -93,16 +94,28 @@ class Workspace:
 
         The underlying flat buffer is sized for ``shape_of(max(T, max_seq_len),
         max(B, max_batch))`` and reallocated only when a call needs more room or another dtype.
+        Views are memoized per (name, shape, dtype) while their buffer stays the same; every
+        call returns a new array object (a caller changing its ``shape`` affects only it).
         """
         T, B = self._shape
-        shape = tuple(int(s) for s in shape_of(T, B))
-        n = math.prod(shape)
-        buf = self._buffers.get(name)
-        if buf is None or buf.dtype != dtype or buf.size < n:
-            cap = math.prod(shape_of(max(T, self.max_seq_len), max(B, self.max_batch)))
-            buf = self._empty(max(cap, n, 1), dtype)
-            self._buffers[name] = buf
-        view = buf[:n].reshape(shape)
+        shape = shape_of(T, B)
+        key = (name, shape, dtype)
+        hit = self._views.get(key)
+        if hit is not None and hit[0] is self._buffers.get(name):
+            view = hit[1]
+        else:
+            shape = tuple(int(s) for s in shape)
+            n = math.prod(shape)
+            buf = self._buffers.get(name)
+            if buf is None or buf.dtype != dtype or buf.size < n:
+                cap = math.prod(shape_of(max(T, self.max_seq_len), max(B, self.max_batch)))
+                buf = self._empty(max(cap, n, 1), dtype)
+                self._buffers[name] = buf
+            view = buf[:n].reshape(shape)
+            if len(self._views) > 4096:  # many distinct shapes (varying T): start afresh
+                self._views.clear()
+            self._views[key] = (buf, view)
+        view = view.view() if self.device == "cpu" else view
         if zero:
             self._fill0(view)
         return view
@@ -115,6 +128,7 @@ class Workspace:
     def clear(self) -> None:
         """Release every buffer (tapes made with this workspace become invalid)."""
         self._buffers.clear()
+        self._views.clear()
         self.generation += 1
 
     def __repr__(self) -> str:

@@ -47,6 +47,7 @@ _cache: dict[tuple[str, str], types.ModuleType] = {}
 # specs built on the fly by a cell's configure() can be dropped (the ref check guards id reuse)
 _by_id: dict[tuple[int, str], tuple[weakref.ref, types.ModuleType]] = {}
 _inlined: dict[tuple[object, str], object] = {}
+_DTYPE_NAMES = {np.dtype(np.float32): "float32", np.dtype(np.float64): "float64"}
 
 
 def _template() -> str:
@@ -115,7 +116,7 @@ def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
     Compilation itself is lazy (first call); the module is built once per process and
     memoized by the spec's fingerprint and the dtype.
     """
-    dname = np.dtype(dtype).name
+    dname = _DTYPE_NAMES.get(dtype) or np.dtype(dtype).name
     hit = _by_id.get((id(spec), dname))
     if hit is not None and hit[0]() is spec:
         return hit[1]
