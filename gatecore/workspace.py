@@ -78,7 +78,7 @@ class Workspace:
         self.device = device
         self.generation = 0
         self._buffers: dict[str, np.ndarray] = {}
-        self._views: dict[tuple, tuple] = {}
+        self._views: dict[str, dict] = {}
         self._shape = (0, 0)
 
     # ----------------------------------------------------------------- internal
@@ -94,27 +94,27 @@ class Workspace:
 
         The underlying flat buffer is sized for ``shape_of(max(T, max_seq_len),
         max(B, max_batch))`` and reallocated only when a call needs more room or another dtype.
-        Views are memoized per (name, shape, dtype) while their buffer stays the same; every
-        call returns a new array object (a caller changing its ``shape`` affects only it).
+        Views are memoized per name and (shape, dtype) until the buffer is reallocated; on the
+        CPU every call returns a new array object (a caller changing its ``shape`` affects only
+        it), on CUDA the memoized device array itself.
         """
         T, B = self._shape
-        shape = shape_of(T, B)
-        key = (name, shape, dtype)
-        hit = self._views.get(key)
-        if hit is not None and hit[0] is self._buffers.get(name):
-            view = hit[1]
-        else:
-            shape = tuple(int(s) for s in shape)
+        key = (shape_of(T, B), dtype)
+        memo = self._views.get(name)
+        view = memo.get(key) if memo is not None else None
+        if view is None:
+            shape = tuple(int(s) for s in key[0])
             n = math.prod(shape)
             buf = self._buffers.get(name)
             if buf is None or buf.dtype != dtype or buf.size < n:
                 cap = math.prod(shape_of(max(T, self.max_seq_len), max(B, self.max_batch)))
                 buf = self._empty(max(cap, n, 1), dtype)
                 self._buffers[name] = buf
+                memo = None  # views of the old buffer must not keep it alive
+            if memo is None or len(memo) > 64:  # many shapes (varying T): start afresh
+                memo = self._views[name] = {}
             view = buf[:n].reshape(shape)
-            if len(self._views) > 4096:  # many distinct shapes (varying T): start afresh
-                self._views.clear()
-            self._views[key] = (buf, view)
+            memo[key] = view
         view = view.view() if self.device == "cpu" else view
         if zero:
             self._fill0(view)

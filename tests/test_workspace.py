@@ -84,3 +84,16 @@ def test_steady_state_allocates_no_arrays():
         for row in (short, long):
             peak, ws_bytes = int(row[4]), int(row[5])
             assert peak < 64 * 1024 and peak < ws_bytes / 50, row
+
+
+def test_view_memo_does_not_keep_old_buffers_alive():
+    """Growing T reallocates buffers; the memoized views must not pin the old ones."""
+    ws = gatecore.Workspace()
+    p = gatecore.init_params("lstm", 4, 8, seed=0)
+    for T in range(1, 60, 3):
+        x = np.zeros((T, 2, 4), np.float32)
+        y, _, tape = gatecore.forward("lstm", x, p, workspace=ws)
+        gatecore.backward(tape, y)
+    pinned = {id(v.base) for memo in ws._views.values() for v in memo.values()}
+    current = {id(b) for b in ws._buffers.values()}
+    assert pinned <= current
