@@ -163,8 +163,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     pbuf = ws.get("pbuf", dtype, lambda T_, B_: (B_, Hr))
     own = own_products(spec, dims, B)
     rows = _rows(ws, dtype, spec, H)
-    no_mat = ws.get("no_mat", dtype, lambda T_, B_: (0, 0))
-    w1c = w2c = whrc = no_mat
+    w1c = w2c = whrc = no_whr  # empty unless the kernels' own products need them
 
     xs = [x]
     buffers = {}
