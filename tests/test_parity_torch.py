@@ -36,8 +36,9 @@ def configs(draw):
         use_lengths=draw(st.booleans()),
         give_h0=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
-        # per-step products: the kernels' own loop (small steps) or BLAS (large steps)
-        blas=draw(st.booleans()),
+        # per-step products: the kernels' own loop (small steps), BLAS inside the kernels, or
+        # NumPy's BLAS between one-step kernel calls (large steps of one-stage cells)
+        products=draw(st.sampled_from(["own", "blas", "numpy"])),
     )
 
 
@@ -74,20 +75,26 @@ def test_matches_torch(cfg):
     dtype = cfg["dtype"]
     before = {k: v.copy() for k, v in params.items()}
     x_before = x.copy()
-    saved = network.OWN_PRODUCT_MACS
-    network.OWN_PRODUCT_MACS = 0 if cfg["blas"] else saved
+    saved = network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS
+    if cfg["products"] != "own":
+        network.OWN_PRODUCT_MACS = 0
+        network.EXT_PRODUCT_MACS = 0 if cfg["products"] == "numpy" else 1 << 62
     try:
-        y, state_n, tape = gatecore.forward(cfg["cell"], x, params,
-                                            state0 if cfg["give_h0"] else None,
-                                            lengths=lengths, batch_first=cfg["batch_first"])
+        kw = dict(lengths=lengths, batch_first=cfg["batch_first"])
+        h0 = state0 if cfg["give_h0"] else None
+        y_inf, state_inf, _ = gatecore.forward(cfg["cell"], x, params, h0, training=False, **kw)
+        y_inf, state_inf = y_inf.copy(), tuple(s.copy() for s in state_inf)
+        y, state_n, tape = gatecore.forward(cfg["cell"], x, params, h0, **kw)
         dx, dstate0, dparams = gatecore.backward(tape, dy, dstate_n)
     finally:
-        network.OWN_PRODUCT_MACS = saved
+        network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS = saved
     ry, rstate_n, rdx, rdstate0, rdparams = torch_oracle.run(
         m, cfg["cell"], x, state0, lengths, cfg["batch_first"], dy, dstate_n)
     assert_close(y, ry, dtype, "y")
-    for a, b in zip(state_n, rstate_n):
+    assert_close(y_inf, ry, dtype, "y (inference)")
+    for a, b, c in zip(state_n, rstate_n, state_inf):
         assert_close(a, b, dtype, "state_n")
+        assert_close(c, b, dtype, "state_n (inference)")
     assert_close(dx, rdx, dtype, "dx")
     for a, b in zip(dstate0, rdstate0):
         assert_close(a, b, dtype, "dstate0")

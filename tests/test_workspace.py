@@ -97,3 +97,20 @@ def test_view_memo_does_not_keep_old_buffers_alive():
     pinned = {id(v.base) for memo in ws._views.values() for v in memo.values()}
     current = {id(b) for b in ws._buffers.values()}
     assert pinned <= current
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("num_layers", [1, 2, 3])
+def test_input_that_is_an_earlier_output_of_the_same_workspace(bidirectional, num_layers, rng):
+    # inference reads a C-contiguous x in place; x may be a view of this workspace's own
+    # output buffer, which the call then overwrites
+    H = 4 if bidirectional else 8
+    kw = dict(num_layers=num_layers, bidirectional=bidirectional)
+    p1 = gatecore.init_params("lstm", 8, H, seed=1, **kw)
+    p2 = gatecore.init_params("lstm", 8, H, seed=2, **kw)
+    x = rng.standard_normal((5, 2, 8)).astype(np.float32)
+    ws = gatecore.Workspace()
+    y1, _, _ = gatecore.forward("lstm", x, p1, training=False, workspace=ws)
+    expected, _, _ = gatecore.forward("lstm", y1.copy(), p2, training=False)
+    y2, _, _ = gatecore.forward("lstm", y1, p2, training=False, workspace=ws)
+    np.testing.assert_array_equal(y2, expected)

@@ -10,7 +10,7 @@ C-contiguous; ``a`` and ``b`` C- or F-contiguous (transposed views are fine).
 import numpy as np
 from numba import njit
 
-__all__ = ["gemm", "gemm_acc"]
+__all__ = ["gemm", "gemm_acc", "transpose_into"]
 
 
 @njit(cache=True, nogil=True)
@@ -27,3 +27,32 @@ def gemm_acc(a, b, out, tmp):
     flat_t = tmp.reshape(-1)
     for i in range(flat_o.size):
         flat_o[i] += flat_t[i]
+
+
+@njit(cache=True, nogil=True)
+def transpose_into(a, out):
+    """out[:, :] = a.T for C-contiguous 2-D ``a`` [m, n] and ``out`` [n, m].
+
+    NumPy's copy of a transposed view walks one array across rows and misses the cache on
+    every element (4096 x 1024 float32: 37 ms). Here each block of 256 rows of ``a`` is read
+    row by row into four output rows at a time (the same matrix: about 5 ms; square tiles
+    measured 10-17 ms, rows 4 KiB apart share cache sets).
+    """
+    m, n = a.shape
+    n4 = n - n % 4
+    for i0 in range(0, m, 256):
+        i1 = min(i0 + 256, m)
+        for j in range(0, n4, 4):
+            o0 = out[j]
+            o1 = out[j + 1]
+            o2 = out[j + 2]
+            o3 = out[j + 3]
+            for i in range(i0, i1):
+                r = a[i]
+                o0[i] = r[j]
+                o1[i] = r[j + 1]
+                o2[i] = r[j + 2]
+                o3[i] = r[j + 3]
+        for j in range(n4, n):
+            for i in range(i0, i1):
+                out[j, i] = a[i, j]
