@@ -242,8 +242,11 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             mh = ws.get(f"mh{tag}", dtype,
                         lambda T_, B_: (T_ if (keep and dims.proj_size) else 0, B_, H))
             ex = _extras(spec, dims, group, ws, dtype, tag)
-            if T * B:
-                mm(in2d, group["weight_ih"].T, gx.reshape(T * B, GH))
+            if T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
+                wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
+                wihc = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH))
+                transpose_into(wih, wihc)
+                mm(in2d, wihc, gx.reshape(T * B, GH))
             idx = k * D + d
             hp[0] = state0[0][idx]
             if dims.proj_size:
@@ -256,18 +259,20 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             bhh = group["bias_hh"] if dims.bias else zeros_bias
             # transposed C-contiguous recurrent weights: OpenBLAS multiplies h @ W^T fastest
             # with W^T stored (measured per step: 16x1024 @ 1024x4096 2.1 ms against 2.9 ms
-            # through a transposed view), and the kernels' own product needs them too
+            # through a transposed view); the kernels' own products (_mm, and backward's
+            # _mmd) read them too, so a taped call keeps them per layer and direction
             whh = group["weight_hh"]
-            w1c = ws.get("w1c", dtype, lambda T_, B_: (Hr, G1H))
+            whr = group["weight_hr"] if dims.proj_size else no_whr
+            w1c = ws.get(f"w1c{tag}", dtype, lambda T_, B_: (Hr, G1H))
             transpose_into(whh[:G1H], w1c)
             if spec.two_stage:
-                w2c = ws.get("w2c", dtype, lambda T_, B_: (H, G2H))
+                w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (H, G2H))
                 transpose_into(whh[G1H:], w2c)
             if dims.proj_size:
-                whrc = ws.get("whrc", dtype, lambda T_, B_: (H, Hr))
-                transpose_into(group["weight_hr"], whrc)
-            args = (gx, bih, w1c, w2c, bhh, whrc, bool(dims.proj_size), ex, lengths, bool(d),
-                    keep, hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"], rows["ahr"],
+                whrc = ws.get(f"whrc{tag}", dtype, lambda T_, B_: (H, Hr))
+                transpose_into(whr, whrc)
+            args = (gx, bih, whh, w1c, w2c, bhh, whr, whrc, bool(dims.proj_size), ex, lengths,
+                    bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"], rows["ahr"],
                     rows["spr"], rows["snr"], rows["ur"], rows["tpr"], y, d * Hr, own)
             if ext:
                 for s_ in range(T):
@@ -280,7 +285,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             for s in range(1, S):
                 state_n[s][idx] = st[s, last]
             if keep:
-                buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex, mh=mh)
+                buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex, mh=mh, w1c=w1c,
+                                       w2c=w2c, whrc=whrc)
         layer_in = y
         if keep and k + 1 < L:
             xs.append(y)
@@ -365,7 +371,8 @@ def run_backward(tape: Tape, dy, dstate_n):
             dex_buf = ws.get("b_dex", dtype, lambda T_, B_: (spec.num_extra, H), zero=True)
             whr = group["weight_hr"] if P else no_whr
             whh = group["weight_hh"]
-            args = (buf["gx"], whh, whr, buf["ex"], lengths, bool(d), buf["hp"], buf["st"],
+            args = (buf["gx"], whh, whr, buf["w1c"], buf["w2c"], buf["whrc"], buf["ex"],
+                    lengths, bool(d), buf["hp"], buf["st"],
                     buf["u"], buf["tp"], d_out if has_dy else dummy_dy, has_dy, d * Hr,
                     dhr, ds, dax, dah1, dah2, du, dhnew, dhist, dm, dex_buf,
                     rows["axr"], rows["daxr"], rows["dahr"], rows["tpr"], rows["spr"],

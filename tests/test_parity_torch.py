@@ -164,3 +164,18 @@ def test_own_product_matches_numpy(B, K, N, row0, dtype, seed):
     ref = a.astype(np.float64) @ bt[row0:row0 + K].astype(np.float64)
     tol = 1e-5 if dtype == np.float32 else 1e-12
     np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * max(1, K))
+
+
+@settings(max_examples=40, deadline=None)
+@given(B=st.integers(0, 5), K=st.integers(0, 300), N=st.integers(0, 13), row0=st.integers(0, 3),
+       dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**31 - 1))
+def test_own_dot_product_matches_numpy(B, K, N, row0, dtype, seed):
+    """The kernels' dot-product form ``_mmd`` (pairs of items, four rows, partial sums)."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((B, K)).astype(dtype)
+    w = rng.standard_normal((row0 + N + 2, K)).astype(dtype)
+    out = np.full((B, N), np.nan, dtype)
+    cpu_kernels(LSTM, dtype)._mmd(a, w, row0, out)
+    ref = a.astype(np.float64) @ w[row0:row0 + N].astype(np.float64).T
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, ref, rtol=tol, atol=tol * max(1, K))
