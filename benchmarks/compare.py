@@ -90,14 +90,23 @@ def _sample(fn, n: int) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def time_interleaved(fns: dict, repeats: int, target_s: float) -> dict:
-    """Median seconds per call of each callable, sampling them in turn (rotating order)."""
+def time_interleaved(fns: dict, repeats: int, target_s: float, settle_s: float = 0.0) -> dict:
+    """Median seconds per call of each callable, sampling them in turn (rotating order).
+
+    ``settle_s``: pause before each sample, so that the worker threads of the engine sampled
+    before (OpenBLAS, OpenMP and ONNX Runtime pools spin for a while after their last task)
+    are idle again and do not take the cores from the next engine; one untimed call then
+    wakes the sampled engine's own threads.
+    """
     inner = {k: _calibrate(f, target_s)[0] for k, f in fns.items()}
     samples = {k: [] for k in fns}
     keys = list(fns)
     for r in range(repeats):
         order = keys[r % len(keys):] + keys[:r % len(keys)]
         for k in order:
+            if settle_s:
+                time.sleep(settle_s)
+                fns[k]()  # untimed: wakes this engine's own threads after the pause
             samples[k].append(_sample(fns[k], inner[k]))
     return {k: {"median_s": statistics.median(v), "min_s": min(v), "samples": len(v),
                 "inner": inner[k]} for k, v in samples.items()}
@@ -203,7 +212,8 @@ def _onnx_session(module, x_t, cell):
     return None, "; ".join(errors)
 
 
-def run_case(cell: str, shape_name: str, repeats: int, target_s: float, use_onnx: bool) -> dict:
+def run_case(cell: str, shape_name: str, repeats: int, target_s: float, use_onnx: bool,
+             settle_s: float = 0.0) -> dict:
     import torch
 
     import gatecore
@@ -268,7 +278,7 @@ def run_case(cell: str, shape_name: str, repeats: int, target_s: float, use_onnx
            "torch_train": torch_train}
     if sess is not None:
         fns["ort_infer"] = lambda: sess.run(None, feed)
-    t = time_interleaved(fns, repeats, target_s)
+    t = time_interleaved(fns, repeats, target_s, settle_s)
     res["times"] = t
     med = {k: v["median_s"] for k, v in t.items()}
     best_ref = min(med["torch_infer"], med.get("ort_infer", math.inf))
@@ -339,6 +349,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-onnx", action="store_true", help="skip ONNX Runtime")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-start subprocesses")
     ap.add_argument("--json", metavar="OUT", help="write all results as JSON")
+    ap.add_argument("--settle", type=float, default=0.3, metavar="S",
+                    help="seconds of pause before each sample, for the previous engine's "
+                         "spinning worker threads to go idle (default 0.3; 0: none)")
     args = ap.parse_args(argv)
 
     shapes = [s for s in args.shapes.split(",") if s]
@@ -395,7 +408,7 @@ def main(argv=None) -> int:
     results = []
     for cell in cells:
         for s in shapes:
-            r = run_case(cell, s, repeats, target_s, not args.no_onnx)
+            r = run_case(cell, s, repeats, target_s, not args.no_onnx, args.settle)
             results.append(r)
             print(f"  done {cell:4s} {s:13s} (onnx: {r['onnx']})", flush=True)
 
