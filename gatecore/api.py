@@ -55,6 +55,8 @@ def _to_numpy(name: str, value) -> np.ndarray:
 
 
 def _check_dtype(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    if not arr.dtype.isnative:  # big-endian data (from a file): same values, native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     kind = arr.dtype.kind
     if arr.dtype in (np.float32, np.float64):
         if arr.dtype != dtype:

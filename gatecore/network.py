@@ -14,6 +14,7 @@ Per layer k and direction d:
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -186,6 +187,18 @@ def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, ke
     return x0, tuple(state0), staged
 
 
+def _fp_quiet(fn):
+    """Run ``fn`` with NumPy's floating-point warnings off: non-finite inputs give NaN/inf
+    outputs as in PyTorch, silently, whichever library does a call's products (the kernels'
+    own loops never warn; NumPy's matmul would, and -W error would turn that into an error)."""
+    @functools.wraps(fn)
+    def quiet(*args, **kwargs):
+        with np.errstate(all="ignore"):
+            return fn(*args, **kwargs)
+    return quiet
+
+
+@_fp_quiet
 def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded, ws: Workspace,
                 training: bool, batch_first: bool, unbatched: bool, dtype):
     """Run the network on validated inputs.
@@ -297,6 +310,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     return layer_in, state_n, tape
 
 
+@_fp_quiet
 def run_backward(tape: Tape, dy, dstate_n):
     """BPTT through a taped forward call.
 

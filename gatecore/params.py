@@ -67,12 +67,17 @@ def param_keys(spec: CellSpec, num_layers: int, num_directions: int, bias: bool 
 
 
 def _as_param_array(key: str, value) -> np.ndarray:
+    if isinstance(value, np.ma.MaskedArray):
+        raise DTypeError(f"params[{key!r}] is a masked array; gatecore does not read masks: "
+                         "pass the plain data (value.filled(...) or value.data)")
     try:
         if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
             value = value.detach().cpu().numpy()
         arr = np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way
         raise DTypeError(f"params[{key!r}] is not convertible to a NumPy array: {exc}") from None
+    if arr.dtype.kind == "f" and not arr.dtype.isnative:  # big-endian data from a file
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in (np.float32, np.float64):
         raise DTypeError(
             f"params[{key!r}] must be float32 or float64, got dtype {arr.dtype}"
@@ -125,10 +130,33 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
     if not found:
         raise ParameterError("params is empty; expected at least weight_ih_l0 and weight_hh_l0")
     num_layers = max(k for k, _ in found) + 1
+    layers_given = {k for k, _ in found}
+    if len(layers_given) < num_layers:  # before listing every expected key (a stray _l100000)
+        n_absent = num_layers - len(layers_given)
+        absent = []
+        for k in range(num_layers):  # the first few only (num_layers may be huge)
+            if k not in layers_given:
+                absent.append(str(k))
+                if len(absent) == 5:
+                    break
+        top = [key for key in params if isinstance(key, str) and key.endswith(
+            (f"_l{num_layers - 1}", f"_l{num_layers - 1}_reverse"))]
+        shown = ", ".join(absent) + (", ..." if n_absent > len(absent) else "")
+        raise ParameterError(
+            f"params is missing key(s) for layer(s) {shown} ({n_absent} layer(s) without any "
+            f"key) but has {top[:3]} for layer {num_layers - 1}; layers are numbered 0, 1, 2, ..."
+        )
     num_directions = 2 if any(d for _, d in found) else 1
     dtypes = {a.dtype for group in found.values() for a in group.values()}
     if len(dtypes) > 1:
-        raise DTypeError(f"params mix dtypes {sorted(str(d) for d in dtypes)}; use one of float32/float64")
+        keys_of = {}
+        for (k, d), group in found.items():
+            for prefix, a in group.items():
+                keys_of.setdefault(str(a.dtype), []).append(f"{prefix}_l{k}{_suffix(d)}")
+        detail = "; ".join(f"{dt}: {sorted(ks)[:3]}{' ...' if len(ks) > 3 else ''}"
+                           for dt, ks in sorted(keys_of.items(), key=lambda kv: len(kv[1])))
+        raise DTypeError(f"params mix dtypes ({detail}); give every parameter the same dtype, "
+                         "float32 or float64")
     dtype = dtypes.pop()
 
     w_hh0 = found.get((0, 0), {}).get("weight_hh")

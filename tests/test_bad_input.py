@@ -187,3 +187,37 @@ def test_masked_and_unconvertible_inputs(p, x):
     raises(DTypeError, r"x is not convertible", gatecore.lstm, torch.zeros(5, 2, 3, dtype=torch.bfloat16), p)
     pb = {k: torch.tensor(v).to(torch.bfloat16) for k, v in p.items()}
     raises(DTypeError, r"params\['weight_ih_l0'\] is not convertible", gatecore.lstm, x, pb)
+
+
+def test_params_with_a_stray_layer_number_fail_fast(x):
+    p = gatecore.init_params("lstm", 3, 4, seed=0)
+    bad = dict(p, bias_ih_l100000000=p["bias_ih_l0"])  # no 10^8 layers are listed
+    raises(ParameterError, r"layer\(s\) 1, 2, 3, 4, 5, \.\.\. \(99999999 layer\(s\) without any key\) "
+           r"but has \['bias_ih_l100000000'\]",
+           gatecore.lstm, x, bad)
+
+
+def test_params_dtype_mix_names_the_keys(x):
+    p = gatecore.init_params("lstm", 3, 4, seed=0)
+    raises(DTypeError, r"float64: \['bias_ih_l0'\]", gatecore.lstm, x, dict(p, bias_ih_l0=1.0))
+    raises(DTypeError, r"params\['bias_ih_l0'\] is a masked array", gatecore.lstm, x,
+           dict(p, bias_ih_l0=np.ma.array(p["bias_ih_l0"], mask=True)))
+
+
+def test_big_endian_arrays_are_read_by_value(x):
+    p = gatecore.init_params("lstm", 3, 4, seed=0)
+    y, _ = gatecore.lstm(x + 1, p)
+    y_be, _ = gatecore.lstm((x + 1).astype(">f4"), {k: v.astype(">f4") for k, v in p.items()})
+    np.testing.assert_array_equal(y, y_be)
+
+
+@pytest.mark.parametrize("B", [2, 64])  # 64: the large-step path with NumPy's products
+def test_non_finite_params_propagate_without_warnings(B):
+    import warnings
+
+    p = gatecore.init_params("lstm", 8, 256, seed=0)
+    p["weight_hh_l0"][0, 0] = np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y, (h, c) = gatecore.lstm(np.ones((3, B, 8), np.float32), p)
+    assert np.isnan(y).any()
