@@ -219,7 +219,10 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         views into it, valid until its next use.
     training : bool
         Keep the tape (default). ``False`` runs inference that keeps only what the next step
-        needs and returns ``tape=None``.
+        needs and returns ``tape=None``. A training call copies x, the states and the
+        parameters first; inference reads C-contiguous, aligned, writeable parameters (and x,
+        with one direction) of the parameters' dtype in place for the whole call, so they must
+        not change while it runs (another thread's optimizer step, for example).
     **cell_options
         Options of the cell, for example ``reset_after=False`` for ``"gru"``.
 

@@ -6,7 +6,8 @@ the compiled kernels; it never sees bad input (``gatecore.api`` checks everythin
 Per layer k and direction d:
 
 * forward: ``GX = X_k W_ih^T + b_ih`` for all steps as one GEMM, then the time loop kernel
-  (recurrent GEMM per step + the cell's pointwise rule);
+  (recurrent product per step + the cell's pointwise rule; for large steps of one-stage cells
+  the loop runs here, NumPy's BLAS between one-step kernel calls);
 * backward: the reverse time loop kernel produces dL/d pre-activations for all steps, then
   one GEMM each gives ``dW_ih``, ``dW_hh`` (per stage), ``dW_hr`` and ``dX_k``.
 """
@@ -47,7 +48,7 @@ class Tape:
     workspace: Workspace
     generation: int
     xs: list  # layer inputs, time-major [T, B, *]
-    buffers: dict  # (k, d) -> dict of hp, st, u, tp, gx
+    buffers: dict  # (k, d) -> dict of gx, hp, st, u, tp, ex, mh, w1c, w2c, whrc
 
     def check_fresh(self) -> None:
         """Raise :class:`StaleTapeError` if the workspace was reused since this tape was made."""
@@ -90,15 +91,15 @@ def own_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
     return batch * spec.num_gates * dims.hidden_size * dims.hr < OWN_PRODUCT_MACS
 
 
-#: per-step multiply-adds from which the forward time loop of one-stage cells without
-#: projection runs in Python, one kernel call per step, with the recurrent product by NumPy's
+#: per-step multiply-adds from which the time loops (forward and BPTT) of one-stage cells
+#: without projection run in Python, one kernel call per step, with the recurrent product by NumPy's
 #: BLAS (OpenBLAS 0.3.31 in NumPy's wheel multiplies 16x1024 @ 1024x4096 in 1.8 ms against
 #: 3.2 ms through SciPy's 0.3.30, which Numba's np.dot calls; 64x512 @ 512x2048: 1.1 / 1.4 ms).
 EXT_PRODUCT_MACS = 1 << 22
 
 
 def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
-    """Whether a call of this batch size runs its forward time loop step by step in Python."""
+    """Whether a call of this batch size runs its time loops step by step in Python."""
     macs = batch * spec.num_gates * dims.hidden_size * dims.hr
     return macs >= EXT_PRODUCT_MACS and not spec.two_stage and not dims.proj_size
 
@@ -141,7 +142,7 @@ def _usable_as_is(arr, dtype) -> bool:
 
 
 def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, keep):
-    """Copy x, the initial states and the parameters into the workspace (no allocation).
+    """Stage x, the initial states and the parameters in the workspace (no allocation).
 
     x is stored time-major with padded steps zeroed (for the weight gradients). With ``keep`` (training) the parameters
     are copied so that the tape never depends on the caller's arrays (changing them before

@@ -103,7 +103,8 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
         float32 or float64, shared by every parameter.
     layers : list of list of dict
         ``layers[k][d][prefix]`` is the caller's array for that key, any layout (never
-        written to; the engine copies it into its workspace).
+        written to; a training call copies it into its workspace, inference reads suitable
+        arrays in place).
 
     Raises
     ------

@@ -49,7 +49,8 @@ def tanh_f32(x):
 
     The polynomials are evaluated in Estrin's scheme (pairs of terms, then powers of x^2):
     shorter dependency chains than Horner's, 20% faster in the LSTM rule (measured 3.1 against
-    3.9 ns per unit, float32, H = 512), max error 2.9e-7 against 2.6e-7 over [-12, 12].
+    3.9 ns per unit, float32, H = 512). Max error over every float32 in [0, 12]: 3.6e-7
+    (Horner's order of the same coefficients: 4.1e-7, at x = 5.83).
     """
     x = np.float32(x)
     c = _CLAMP

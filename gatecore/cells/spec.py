@@ -325,6 +325,10 @@ class CellSpec:
                     raise CellSpecError(
                         f"{who}: stage1_gates={self.g1} < {self.num_gates} gates needs {attr!r}"
                     )
+            if self.supports_projection:  # the stage-2 product reads u [H], not h [proj_size]
+                raise CellSpecError(
+                    f"{who}: a two-stage cell (stage1_gates < gates) cannot support projection"
+                )
         elif self.forward_stage1 is not None or self.backward_stage2 is not None:
             raise CellSpecError(
                 f"{who}: forward_stage1/backward_stage2 given but stage1_gates is all gates"
