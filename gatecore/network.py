@@ -144,10 +144,11 @@ def _usable_as_is(arr, dtype) -> bool:
 def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, keep):
     """Stage x, the initial states and the parameters in the workspace (no allocation).
 
-    x is stored time-major with padded steps zeroed (for the weight gradients). With ``keep`` (training) the parameters
-    are copied so that the tape never depends on the caller's arrays (changing them before
-    ``backward`` is safe); without, the caller's C-contiguous arrays of the right dtype are
-    read in place (never written) and only the others are copied.
+    x is stored time-major with padded steps zeroed (for the weight gradients). With ``keep``
+    (training) the parameters are copied so that the tape never depends on the caller's
+    arrays (changing them before ``backward`` is safe); without, the caller's C-contiguous
+    arrays of the right dtype are read in place (never written) and only the others are
+    copied (x too, with one direction).
     """
     T, B, I = xa.shape
     L, D, Hr, H = dims.num_layers, dims.num_directions, dims.hr, dims.hidden_size
@@ -206,8 +207,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
 
     ``xa`` [T, B, I] is a time-major view of x (any strides), ``states`` a tuple with None or
     [L*D, B, *] per state variable, ``layers`` the caller's parameter arrays; all are copied
-    into the workspace first (inference reads C-contiguous ones of the right dtype in place). Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)`` as
-    workspace views.
+    into the workspace first (inference reads C-contiguous ones of the right dtype in place).
+    Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)`` as workspace views.
     """
     T, B, _ = xa.shape
     L, D, H, Hr = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr
