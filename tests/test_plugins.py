@@ -159,3 +159,73 @@ def test_peephole_to_onnx_order():
     o = peephole.to_onnx(p)
     assert o["P"].tolist() == [1, 1, 3, 3, 2, 2]
     assert o["W"][:, 0].tolist() == [0, 0, 3, 3, 1, 1, 2, 2]
+
+
+def _lstm_tape_ah_g():
+    """An LSTM whose tape keeps a_h of the g gate instead of g: its backward reads ax."""
+    from numba import njit
+
+    from gatecore.activations import sigmoid, tanh
+
+    @njit(cache=False)
+    def fwd(ax, ah, sp, ex, sn, tp, j, H):
+        i = sigmoid(ax[j] + ah[j])
+        f = sigmoid(ax[H + j] + ah[H + j])
+        g = tanh(ax[2 * H + j] + ah[2 * H + j])
+        o = sigmoid(ax[3 * H + j] + ah[3 * H + j])
+        c = f * sp[1, j] + i * g
+        sn[1, j] = c
+        sn[0, j] = o * tanh(c)
+        tp[j] = i
+        tp[H + j] = f
+        tp[2 * H + j] = ah[2 * H + j]
+        tp[3 * H + j] = o
+
+    @njit(cache=False)
+    def bwd(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
+        i = tp[j]
+        f = tp[H + j]
+        g = tanh(ax[2 * H + j] + tp[2 * H + j])  # needs a_x (with b_ih) from the forward
+        o = tp[3 * H + j]
+        tc = tanh(sn[1, j])
+        dh = ds[0, j]
+        dc = ds[1, j] + dh * o * (1.0 - tc * tc)
+        for q, v in enumerate((dc * g * i * (1.0 - i), dc * sp[1, j] * f * (1.0 - f),
+                               dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o))):
+            dax[q * H + j] = v
+            dah[q * H + j] = v
+        dsp[0, j] = 0.0
+        dsp[1, j] = dc * f
+
+    return gatecore.CellSpec(name="lstm_tape_ah_g", gate_names=("i", "f", "g", "o"),
+                             state_names=("h", "c"), tape_size=4, forward=fwd, backward=bwd)
+
+
+@pytest.mark.parametrize("products", ["own", "blas", "numpy"])
+def test_backward_rule_that_reads_ax_gets_the_forward_pre_activations(rng, products):
+    """Kernels keep a_x (incl. b_ih) for backward only when a backward rule reads it."""
+    from gatecore import network
+    from gatecore.kernels.factory import _reads_first_argument
+
+    spec = _lstm_tape_ah_g()
+    assert _reads_first_argument(spec.backward)
+    assert not _reads_first_argument(gatecore.get_cell("lstm").backward)
+    p, x, st = _random_net(spec, rng, dtype=np.float64)
+    dy = rng.standard_normal((x.shape[0], x.shape[1], 10))
+    saved = network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS
+    if products != "own":
+        network.OWN_PRODUCT_MACS = 0
+        network.EXT_PRODUCT_MACS = 0 if products == "numpy" else 1 << 62
+    try:
+        out = []
+        for cell in (spec, "lstm"):
+            y, sn, tape = gatecore.forward(cell, x, p, st, lengths=[6, 4, 1, 0])
+            dx, ds0, dp = gatecore.backward(tape, dy)
+            out.append((y.copy(), dx.copy(), {k: v.copy() for k, v in dp.items()}))
+    finally:
+        network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS = saved
+    (y1, dx1, dp1), (y2, dx2, dp2) = out
+    np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-14)
+    for k in dp2:
+        np.testing.assert_allclose(dp1[k], dp2[k], err_msg=k, rtol=1e-12, atol=1e-14)

@@ -18,6 +18,7 @@ file, which invalidates the cache.
 
 from __future__ import annotations
 
+import dis
 import hashlib
 import inspect
 import os
@@ -110,6 +111,25 @@ def inline_rule(fn, dtype) -> object:
         return compiled
 
 
+def _reads_first_argument(fn) -> bool:
+    """Whether a rule's code reads its first argument (``ax`` of the backward rules).
+
+    Conservative: any load of the name counts (also passing it on to a helper). The LSTM's
+    backward never reads ax, so its forward skips writing the input pre-activations back for
+    backward and backward skips copying them (one [T, B, 4H] array less each way).
+    """
+    if fn is None:
+        return False
+    code = getattr(fn, "py_func", fn).__code__
+    if code.co_argcount == 0:
+        return False
+    name = code.co_varnames[0]
+    if name in code.co_cellvars:  # captured by an inner function
+        return True
+    return any(ins.opname.startswith("LOAD_FAST") and ins.argval == name
+               for ins in dis.get_instructions(code))
+
+
 def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
     """Return the module holding ``forward_dir`` and ``backward_dir`` for ``spec`` and ``dtype``.
 
@@ -140,6 +160,7 @@ def _build(spec: CellSpec, dname: str, fp: str) -> types.ModuleType:
         "import numpy as np\n"
         "from numba import njit\n\n"
         f"G = {spec.num_gates}\nG1 = {spec.g1}\nS = {spec.num_states}\nK = {spec.tape_size}\n"
+        f"AXB = {_reads_first_argument(spec.backward) or _reads_first_argument(spec.backward_stage2)}\n"
         f"DTYPE = {dname!r}\nCACHE = {cache}\n\n"
     )
     src = header + _specialise(_template(), spec.two_stage)
