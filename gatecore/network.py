@@ -86,9 +86,14 @@ def _extras(spec, dims, group, ws, dtype, tag):
 OWN_PRODUCT_MACS = 1 << 19
 
 
+def _step_macs(spec: CellSpec, dims: Dims, batch: int) -> int:
+    """Multiply-adds of one step's recurrent product (B x Hr @ Hr x G*H)."""
+    return batch * spec.num_gates * dims.hidden_size * dims.hr
+
+
 def own_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
     """Whether a call of this batch size runs its per-step products without BLAS."""
-    return batch * spec.num_gates * dims.hidden_size * dims.hr < OWN_PRODUCT_MACS
+    return _step_macs(spec, dims, batch) < OWN_PRODUCT_MACS
 
 
 #: per-step multiply-adds from which the time loops (forward and BPTT) of one-stage cells
@@ -100,8 +105,8 @@ EXT_PRODUCT_MACS = 1 << 22
 
 def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
     """Whether a call of this batch size runs its time loops step by step in Python."""
-    macs = batch * spec.num_gates * dims.hidden_size * dims.hr
-    return macs >= EXT_PRODUCT_MACS and not spec.two_stage and not dims.proj_size
+    return (_step_macs(spec, dims, batch) >= EXT_PRODUCT_MACS and not spec.two_stage
+            and not dims.proj_size)
 
 
 def _np_gemm(a, b, out):
