@@ -19,6 +19,7 @@ import functools
 
 import numpy as np
 
+from . import overlap
 from .cells.spec import CellSpec
 from .errors import StaleTapeError
 from .kernels.blas import gemm, gemm_acc, transpose_into
@@ -107,6 +108,24 @@ def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
     """Whether a call of this batch size runs its time loops step by step in Python."""
     return (_step_macs(spec, dims, batch) >= EXT_PRODUCT_MACS and not spec.two_stage
             and not dims.proj_size)
+
+
+#: input-product multiply-adds (T * B * G*H * input size) from which a layer whose steps use
+#: the kernels' own products computes that product on a second core, chunk by chunk, while
+#: its time loop runs (gatecore.overlap; about 0.1 ms of one core's work at this size)
+OVERLAP_MACS = 1 << 21
+
+
+def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d):
+    """forward_dir over all steps, the input product of later chunks on the worker."""
+    def produce(k0, k1):
+        t0, t1 = (T - k1, T - k0) if reverse else (k0, k1)
+        mod._mm(in2d[t0 * B:t1 * B], wihc, 0, gx2d[t0 * B:t1 * B])
+
+    def consume(k0, k1):
+        mod.forward_dir(*args, k0, k1, False)
+
+    overlap.run_chunked(overlap.chunk_bounds(T), produce, consume)
 
 
 def _np_gemm(a, b, out):
@@ -249,6 +268,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         tag_y = f"y{k}" if keep else f"y{k % 2}"
         y = ws.get(tag_y, dtype, lambda T_, B_: (T_, B_, D * Hr))
         in2d = layer_in.reshape(T * B, layer_in.shape[2])
+        pipe = own and T > 1 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS and overlap.enabled()
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""
@@ -262,11 +282,13 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             mh = ws.get(f"mh{tag}", dtype,
                         lambda T_, B_: (T_ if (keep and dims.proj_size) else 0, B_, H))
             ex = _extras(spec, dims, group, ws, dtype, tag)
+            gx2d = gx.reshape(T * B, GH)
             if T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
                 wihc = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH))
                 transpose_into(wih, wihc)
-                mm(in2d, wihc, gx.reshape(T * B, GH))
+                if not pipe:
+                    mm(in2d, wihc, gx2d)
             idx = k * D + d
             hp[0] = state0[0][idx]
             if dims.proj_size:
@@ -284,7 +306,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             whh = group["weight_hh"]
             whr = group["weight_hr"] if dims.proj_size else no_whr
             w1c = ws.get(f"w1c{tag}", dtype, lambda T_, B_: (Hr, G1H))
-            transpose_into(whh[:G1H], w1c)
+            if keep or not (own and B == 1):  # (else the kernel reads weight_hh, by _mmd)
+                transpose_into(whh[:G1H], w1c)
             if spec.two_stage:
                 w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (H, G2H))
                 transpose_into(whh[G1H:], w2c)
@@ -298,6 +321,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 for s_ in range(T):
                     np.matmul(hp[s_ if keep else s_ % 2], w1c, out=gh1)
                     mod.forward_dir(*args, s_, s_ + 1, True)
+            elif pipe:
+                _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d)
             else:
                 mod.forward_dir(*args, 0, T, False)
             last = T if keep else T % 2

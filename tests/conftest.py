@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 import numpy as np
@@ -27,3 +28,36 @@ def assert_close(actual, expected, dtype, what=""):
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+
+PRODUCT_PATHS = ("own", "overlap", "blas", "numpy")
+
+
+@contextlib.contextmanager
+def products_path(path):
+    """Force every call inside onto one product path of gatecore.network:
+
+    own      the kernels' own per-step products (small steps; the default at test sizes)
+    overlap  the same, with each layer's input product on the worker thread, in chunks
+             (gatecore.overlap), whatever the size and the CPU count
+    blas     BLAS per step inside the kernels (Numba's np.dot)
+    numpy    NumPy's BLAS per step between one-step kernel calls (one-stage cells without
+             projection; the others fall back to blas)
+    """
+    from gatecore import network, overlap
+
+    saved = network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS
+    saved_enabled = overlap.enabled
+    if path == "overlap":
+        network.OVERLAP_MACS = 0
+        overlap.enabled = lambda: True
+    else:
+        network.OVERLAP_MACS = 1 << 62
+    if path in ("blas", "numpy"):
+        network.OWN_PRODUCT_MACS = 0
+        network.EXT_PRODUCT_MACS = 0 if path == "numpy" else 1 << 62
+    try:
+        yield
+    finally:
+        network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS = saved
+        overlap.enabled = saved_enabled

@@ -11,7 +11,7 @@ import gatecore
 from gatecore import network
 from gatecore.cells.lstm import LSTM
 from gatecore.kernels.factory import cpu_kernels
-from conftest import assert_close
+from conftest import assert_close, products_path
 
 torch = pytest.importorskip("torch")
 import torch_oracle  # noqa: E402
@@ -36,9 +36,10 @@ def configs(draw):
         use_lengths=draw(st.booleans()),
         give_h0=draw(st.booleans()),
         seed=draw(st.integers(0, 2**31 - 1)),
-        # per-step products: the kernels' own loop (small steps), BLAS inside the kernels, or
-        # NumPy's BLAS between one-step kernel calls (large steps of one-stage cells)
-        products=draw(st.sampled_from(["own", "blas", "numpy"])),
+        # per-step products: the kernels' own loop (small steps), the same with the input
+        # product on a second thread (gatecore.overlap), BLAS inside the kernels, or NumPy's
+        # BLAS between one-step kernel calls (large steps of one-stage cells)
+        products=draw(st.sampled_from(["own", "overlap", "blas", "numpy"])),
     )
 
 
@@ -75,19 +76,13 @@ def test_matches_torch(cfg):
     dtype = cfg["dtype"]
     before = {k: v.copy() for k, v in params.items()}
     x_before = x.copy()
-    saved = network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS
-    if cfg["products"] != "own":
-        network.OWN_PRODUCT_MACS = 0
-        network.EXT_PRODUCT_MACS = 0 if cfg["products"] == "numpy" else 1 << 62
-    try:
+    with products_path(cfg["products"]):
         kw = dict(lengths=lengths, batch_first=cfg["batch_first"])
         h0 = state0 if cfg["give_h0"] else None
         y_inf, state_inf, _ = gatecore.forward(cfg["cell"], x, params, h0, training=False, **kw)
         y_inf, state_inf = y_inf.copy(), tuple(s.copy() for s in state_inf)
         y, state_n, tape = gatecore.forward(cfg["cell"], x, params, h0, **kw)
         dx, dstate0, dparams = gatecore.backward(tape, dy, dstate_n)
-    finally:
-        network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS = saved
     ry, rstate_n, rdx, rdstate0, rdparams = torch_oracle.run(
         m, cfg["cell"], x, state0, lengths, cfg["batch_first"], dy, dstate_n)
     assert_close(y, ry, dtype, "y")

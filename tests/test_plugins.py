@@ -18,6 +18,7 @@ import gatecore
 from gatecore.registry import manager
 
 import oracles
+from conftest import PRODUCT_PATHS, products_path
 from spec_lstm import SPEC_LSTM
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -201,10 +202,9 @@ def _lstm_tape_ah_g():
                              state_names=("h", "c"), tape_size=4, forward=fwd, backward=bwd)
 
 
-@pytest.mark.parametrize("products", ["own", "blas", "numpy"])
+@pytest.mark.parametrize("products", PRODUCT_PATHS)
 def test_backward_rule_that_reads_ax_gets_the_forward_pre_activations(rng, products):
     """Kernels keep a_x (incl. b_ih) for backward only when a backward rule reads it."""
-    from gatecore import network
     from gatecore.kernels.factory import _reads_first_argument
 
     spec = _lstm_tape_ah_g()
@@ -212,18 +212,12 @@ def test_backward_rule_that_reads_ax_gets_the_forward_pre_activations(rng, produ
     assert not _reads_first_argument(gatecore.get_cell("lstm").backward)
     p, x, st = _random_net(spec, rng, dtype=np.float64)
     dy = rng.standard_normal((x.shape[0], x.shape[1], 10))
-    saved = network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS
-    if products != "own":
-        network.OWN_PRODUCT_MACS = 0
-        network.EXT_PRODUCT_MACS = 0 if products == "numpy" else 1 << 62
-    try:
+    with products_path(products):
         out = []
         for cell in (spec, "lstm"):
             y, sn, tape = gatecore.forward(cell, x, p, st, lengths=[6, 4, 1, 0])
             dx, ds0, dp = gatecore.backward(tape, dy)
             out.append((y.copy(), dx.copy(), {k: v.copy() for k, v in dp.items()}))
-    finally:
-        network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS = saved
     (y1, dx1, dp1), (y2, dx2, dp2) = out
     np.testing.assert_allclose(y1, y2, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-14)

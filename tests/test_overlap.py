@@ -1,0 +1,154 @@
+"""gatecore.overlap: chunked input products on a worker thread."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+import gatecore
+from gatecore import overlap
+from conftest import products_path
+
+
+@pytest.mark.parametrize("T", [1, 2, 3, 7, 15, 16, 100, 1000, 1001])
+@pytest.mark.parametrize("chunks", [1, 2, 8])
+def test_chunk_bounds_cover_all_steps_in_order(T, chunks):
+    b = overlap.chunk_bounds(T, chunks)
+    assert b[0] == 0 and b[-1] == T
+    assert all(b1 > b0 for b0, b1 in zip(b, b[1:]))
+    assert len(b) - 1 <= max(chunks, 1) + 1
+
+
+def test_every_chunk_is_produced_once_before_it_is_consumed():
+    bounds = overlap.chunk_bounds(64)
+    produced, consumed = [], []
+    lock = threading.Lock()
+
+    def produce(k0, k1):
+        with lock:
+            produced.append((k0, k1, threading.get_ident()))
+
+    def consume(k0, k1):
+        assert (k0, k1) in [(a, b) for a, b, _ in produced]
+        consumed.append((k0, k1))
+
+    overlap.run_chunked(bounds, produce, consume)
+    assert sorted((a, b) for a, b, _ in produced) == list(zip(bounds, bounds[1:]))
+    assert consumed == list(zip(bounds, bounds[1:]))
+
+
+@pytest.mark.parametrize("where", ["first", "worker", "last"])
+def test_an_error_in_produce_reaches_the_caller_and_nothing_hangs(where):
+    bounds = overlap.chunk_bounds(40)
+    bad = {"first": 0, "worker": 1, "last": len(bounds) - 2}[where]
+    running = []
+
+    def produce(k0, k1):
+        running.append(k0)
+        if k0 == bounds[bad]:
+            raise FloatingPointError("boom")
+
+    with pytest.raises(FloatingPointError, match="boom"):
+        overlap.run_chunked(bounds, produce, lambda k0, k1: None)
+    n = len(running)
+    overlap.run_chunked([0, 1, 2], lambda a, b: None, lambda a, b: None)  # worker still serves
+    assert len(running) == n  # and the failed call's worker task has ended
+
+
+def test_an_error_in_consume_stops_the_worker_before_returning():
+    bounds = overlap.chunk_bounds(40)
+    active = threading.Event()
+
+    def produce(k0, k1):
+        active.set()
+
+    def consume(k0, k1):
+        raise KeyError("consume")
+
+    with pytest.raises(KeyError):
+        overlap.run_chunked(bounds, produce, consume)
+    # the worker is idle: a new task runs at once
+    done = overlap._worker_pool().submit(lambda: 1)
+    assert done.result(timeout=10) == 1
+
+
+def test_a_busy_worker_leaves_every_chunk_to_the_caller():
+    release = threading.Event()
+    blocker = overlap._worker_pool().submit(release.wait)  # the worker serves another call
+    try:
+        seen = []
+        bounds = overlap.chunk_bounds(30)
+        timer = threading.Timer(5.0, release.set)  # fails the test by time, not by a hang
+        timer.start()
+        overlap.run_chunked(bounds, lambda a, b: seen.append(threading.get_ident()),
+                            lambda a, b: None)
+        assert not release.is_set(), "the caller waited for the busy worker"
+        assert set(seen) == {threading.get_ident()}
+    finally:
+        release.set()
+        blocker.result(timeout=10)
+        timer.cancel()
+
+
+def test_the_callers_cpu_affinity_is_restored():
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    before = os.sched_getaffinity(0)
+    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b: None, lambda a, b: None)
+    assert os.sched_getaffinity(0) == before
+
+
+def test_threads_calling_at_once_get_the_serial_results(rng):
+    p = gatecore.init_params("lstm", 4, 6, num_layers=2, dtype=np.float64, seed=1)
+    xs = [rng.standard_normal((40, 3, 4)) for _ in range(4)]
+    with products_path("own"):
+        want = [gatecore.forward("lstm", x, p, training=False)[0].copy() for x in xs]
+    got = [None] * len(xs)
+
+    def run(i):
+        ws = gatecore.Workspace()
+        for _ in range(3):
+            got[i] = gatecore.forward("lstm", xs[i], p, workspace=ws, training=False)[0].copy()
+
+    with products_path("overlap"):
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(xs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
+
+
+def test_overlap_can_be_switched_off(monkeypatch):
+    monkeypatch.setenv("GATECORE_OVERLAP", "0")
+    assert not overlap.enabled()
+
+
+def _child_forward(q):
+    p = gatecore.init_params("gru", 3, 4, dtype=np.float64, seed=2)
+    x = np.ones((30, 2, 3))
+    with products_path("overlap"):
+        y = gatecore.forward("gru", x, p, training=False)[0]
+    q.put(float(y.sum()))
+
+
+def test_a_forked_child_gets_its_own_worker():
+    import multiprocessing as mp
+
+    if "fork" not in mp.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b: None, lambda a, b: None)
+    ctx = mp.get_context("fork")
+    q = ctx.Queue()
+    proc = ctx.Process(target=_child_forward, args=(q,))
+    proc.start()
+    proc.join(timeout=120)
+    assert proc.exitcode == 0
+    p = gatecore.init_params("gru", 3, 4, dtype=np.float64, seed=2)
+    want = gatecore.forward("gru", np.ones((30, 2, 3)), p, training=False)[0].sum()
+    assert q.get(timeout=5) == pytest.approx(float(want), rel=1e-12)
