@@ -110,9 +110,13 @@ def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
             and not dims.proj_size)
 
 
-#: input-product multiply-adds (T * B * G*H * input size) from which a layer whose steps use
-#: the kernels' own products computes that product on a second core, chunk by chunk, while
-#: its time loop runs (gatecore.overlap; about 0.1 ms of one core's work at this size)
+#: input-product multiply-adds (T * B * G*H * input size) from which an inference call whose
+#: steps use the kernels' own products computes each layer's input product on a second core,
+#: chunk by chunk, while the layer's time loop runs (gatecore.overlap; about 0.1 ms of one
+#: core's work at this size). Inference only: a training call's backward multiplies its weight
+#: gradients by OpenBLAS, whose idle threads then spin on the second core for a while, and the
+#: worker shared that core with them: forward+backward with overlap (in forward, or in both)
+#: measured 5-30% slower, e.g. T=100, B=8, H=64 LSTM 5.9-6.3 ms against 4.4-4.9 ms.
 OVERLAP_MACS = 1 << 21
 
 
@@ -268,7 +272,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         tag_y = f"y{k}" if keep else f"y{k % 2}"
         y = ws.get(tag_y, dtype, lambda T_, B_: (T_, B_, D * Hr))
         in2d = layer_in.reshape(T * B, layer_in.shape[2])
-        pipe = own and T > 1 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS and overlap.enabled()
+        pipe = (not keep and own and T > 1 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
+                and overlap.enabled())
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""

@@ -83,6 +83,23 @@ def _pin_caller():
     return allowed, rest
 
 
+def _unpin(pinned) -> None:
+    """Give the caller back the CPU set that _pin_caller took from it."""
+    if pinned is None:
+        return
+    try:
+        os.sched_setaffinity(0, pinned[0])
+    except OSError:  # the CPU set changed meanwhile (cgroup): free the thread
+        try:
+            os.sched_setaffinity(0, _all_cpus())
+        except OSError:
+            pass
+
+
+def _all_cpus() -> set[int]:
+    return set(range(os.cpu_count() or 1))
+
+
 def _cpus() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -90,10 +107,20 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
+#: thread-count variables that, set to 1, ask libraries for one thread (dask's workers and
+#: many job schedulers set them): gatecore then runs no second thread either
+_ONE_THREAD_VARS = ("GATECORE_OVERLAP", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                    "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+
 def enabled() -> bool:
-    """Whether input products may overlap time loops: two or more usable CPUs, and the
-    environment variable ``GATECORE_OVERLAP`` not set to ``0``."""
-    if os.environ.get("GATECORE_OVERLAP", "") in ("0", "false", "no"):
+    """Whether products may overlap time loops: two or more usable CPUs, ``GATECORE_OVERLAP``
+    not ``0`` and none of OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS and
+    NUMBA_NUM_THREADS set to ``1``."""
+    env = os.environ
+    if env.get("GATECORE_OVERLAP", "").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if any(env.get(v, "").strip() == "1" for v in _ONE_THREAD_VARS[1:]):
         return False
     return _cpus() >= 2
 
@@ -179,7 +206,6 @@ def run_chunked(bounds: list[int], produce, consume) -> None:
             table.stop = True
             if not future.cancel():
                 future.result()
-        if pinned is not None:
-            os.sched_setaffinity(0, pinned[0])
+        _unpin(pinned)
     if table.error is not None:
         raise table.error

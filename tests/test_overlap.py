@@ -152,3 +152,38 @@ def test_a_forked_child_gets_its_own_worker():
     p = gatecore.init_params("gru", 3, 4, dtype=np.float64, seed=2)
     want = gatecore.forward("gru", np.ones((30, 2, 3)), p, training=False)[0].sum()
     assert q.get(timeout=5) == pytest.approx(float(want), rel=1e-12)
+
+
+def test_results_do_not_depend_on_which_thread_ran_a_chunk(rng):
+    """Bitwise: each chunk is computed by the same loop whichever thread runs it."""
+    p = gatecore.init_params("lstm", 5, 7, num_layers=2, bidirectional=True, seed=4)
+    x = rng.standard_normal((50, 3, 5)).astype(np.float32)
+    runs = []
+    release = threading.Event()
+    with products_path("overlap"):
+        for busy in (False, True, False):
+            blocker = overlap._worker_pool().submit(release.wait) if busy else None
+            y, s_n, _ = gatecore.forward("lstm", x, p, lengths=[50, 20, 1], training=False)
+            runs.append([y.copy(), *(v.copy() for v in s_n)])
+            if blocker is not None:
+                release.set()
+                blocker.result(timeout=10)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_training_calls_do_not_overlap(monkeypatch):
+    """Training keeps its products on BLAS (see network.OVERLAP_MACS): no chunked calls."""
+    from gatecore import network
+
+    calls = []
+    monkeypatch.setattr(overlap, "run_chunked", lambda *a: calls.append(a))
+    p = gatecore.init_params("gru", 3, 4, seed=0)
+    x = np.ones((20, 2, 3), np.float32)
+    with products_path("overlap"):
+        gatecore.forward("gru", x, p)
+        assert calls == []
+        gatecore.forward("gru", x, p, training=False)
+    assert len(calls) == 1
+    assert network.OVERLAP_MACS > 0
