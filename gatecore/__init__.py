@@ -8,6 +8,7 @@ Public API (NumPy in, NumPy out)::
                                         batch_first=False, workspace=None, **cell_options)
     dx, dstate0, dparams = gatecore.backward(tape, dy, dstate_n=None)
     params = gatecore.init_params(cell, input_size, hidden_size, num_layers=1, ...)
+    params = gatecore.prepare(params)   # checked, copied, transposed once for many calls
 """
 
 from .api import backward, forward, get_cell, gru, init_params, list_cells, lstm, register_cell
@@ -15,6 +16,7 @@ from .cells.spec import CellSpec
 from .errors import (CellSpecError, DTypeError, GatecoreError, ParameterError, PluginError,
                      ShapeError, StaleTapeError, UnknownCellError)
 from .network import Tape
+from .params import PreparedParams, prepare
 from .registry.hookspecs import hookimpl
 from .workspace import Workspace
 
@@ -33,7 +35,7 @@ def __getattr__(name):
 
 __all__ = [
     "lstm", "gru", "forward", "backward", "init_params", "list_cells", "get_cell",
-    "register_cell", "CellSpec", "Tape", "Workspace", "hookimpl",
+    "register_cell", "prepare", "PreparedParams", "CellSpec", "Tape", "Workspace", "hookimpl",
     "GatecoreError", "ShapeError", "DTypeError", "ParameterError", "UnknownCellError",
     "CellSpecError", "StaleTapeError", "PluginError", "__version__",
     *_CUDA_NAMES,

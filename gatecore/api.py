@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import DTypeError, ShapeError
 from .network import Tape, run_backward, run_forward
-from .params import Dims, init_params_for_spec, parse_params
+from .params import Dims, PreparedParams, init_params_for_spec, parse_params
 from .registry.manager import get_registry
 from .workspace import Workspace
 
@@ -263,8 +263,10 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         raise TypeError(f"training must be True or False, got {training!r}")
     spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
+    packed = params.layout(spec)[3] if isinstance(params, PreparedParams) else None
     y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
-                                   bool(training), bool(batch_first), unbatched, dtype)
+                                   bool(training), bool(batch_first), unbatched, dtype,
+                                   packed=packed)
     return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
 
 

@@ -14,6 +14,10 @@ GATECORE_NO_CACHE
 GATECORE_DISABLE_PLUGIN_AUTOLOAD
     Set to ``1`` to skip third-party entry points of group ``gatecore``; the built-in
     cells still register.
+GATECORE_OVERLAP
+    Set to ``0`` to keep every call on the calling thread (no input products on a second
+    core; read at each call by :func:`gatecore.overlap.enabled`, which also says no when
+    OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS or NUMBA_NUM_THREADS is ``1``).
 """
 
 from __future__ import annotations

@@ -169,14 +169,15 @@ def _usable_as_is(arr, dtype) -> bool:
     return arr.dtype == dtype and f.c_contiguous and f.aligned and f.writeable
 
 
-def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, keep):
+def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, keep, owned=False):
     """Stage x, the initial states and the parameters in the workspace (no allocation).
 
     x is stored time-major with padded steps zeroed (for the weight gradients). With ``keep``
     (training) the parameters are copied so that the tape never depends on the caller's
     arrays (changing them before ``backward`` is safe); without, the caller's C-contiguous
     arrays of the right dtype are read in place (never written) and only the others are
-    copied (x too, with one direction).
+    copied (x too, with one direction). ``owned``: the parameters are gatecore's own copies
+    (prepared parameters, which nobody else can change) and are read in place in both modes.
     """
     T, B, I = xa.shape
     L, D, Hr, H = dims.num_layers, dims.num_directions, dims.hr, dims.hidden_size
@@ -200,6 +201,8 @@ def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, ke
         else:
             np.copyto(buf, value)
         state0.append(buf)
+    if owned:
+        return x0, tuple(state0), layers
     staged = []
     for k, per_dir in enumerate(layers):
         row = []
@@ -230,12 +233,14 @@ def _fp_quiet(fn):
 
 @_fp_quiet
 def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded, ws: Workspace,
-                training: bool, batch_first: bool, unbatched: bool, dtype):
+                training: bool, batch_first: bool, unbatched: bool, dtype, packed=None):
     """Run the network on validated inputs.
 
     ``xa`` [T, B, I] is a time-major view of x (any strides), ``states`` a tuple with None or
     [L*D, B, *] per state variable, ``layers`` the caller's parameter arrays; all are copied
     into the workspace first (inference reads C-contiguous ones of the right dtype in place).
+    ``packed``: the transposed weights of prepared parameters (``PreparedParams.layout``),
+    whose arrays are gatecore's own and are then read in place, also by a training call.
     Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)`` as workspace views.
     """
     T, B, _ = xa.shape
@@ -247,7 +252,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     gen = ws._begin(T, B)
     keep = bool(training)
     x, state0, layers = _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype,
-                                           keep)
+                                      keep, owned=packed is not None)
 
     zeros_bias = ws.get("zero_bias", dtype, lambda T_, B_: (GH,), zero=True)
     no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))
@@ -288,10 +293,14 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                         lambda T_, B_: (T_ if (keep and dims.proj_size) else 0, B_, H))
             ex = _extras(spec, dims, group, ws, dtype, tag)
             gx2d = gx.reshape(T * B, GH)
+            pk = packed[k][d] if packed is not None else None
             if T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
-                wihc = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH))
-                transpose_into(wih, wihc)
+                if pk is not None:
+                    wihc = pk["wihc"]
+                else:
+                    wihc = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH))
+                    transpose_into(wih, wihc)
                 if not pipe:
                     mm(in2d, wihc, gx2d)
             idx = k * D + d
@@ -310,15 +319,20 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             # _mmd) read them too, so a taped call keeps them per layer and direction
             whh = group["weight_hh"]
             whr = group["weight_hr"] if dims.proj_size else no_whr
-            w1c = ws.get(f"w1c{tag}", dtype, lambda T_, B_: (Hr, G1H))
-            if keep or not (own and B == 1):  # (else the kernel reads weight_hh, by _mmd)
-                transpose_into(whh[:G1H], w1c)
-            if spec.two_stage:
-                w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (H, G2H))
-                transpose_into(whh[G1H:], w2c)
-            if dims.proj_size:
-                whrc = ws.get(f"whrc{tag}", dtype, lambda T_, B_: (H, Hr))
-                transpose_into(whr, whrc)
+            if pk is not None:  # prepared parameters: transposed once, in advance
+                w1c = pk["w1c"]
+                w2c = pk.get("w2c", w2c)
+                whrc = pk.get("whrc", whrc)
+            else:
+                w1c = ws.get(f"w1c{tag}", dtype, lambda T_, B_: (Hr, G1H))
+                if keep or not (own and B == 1):  # (else the kernel reads weight_hh, by _mmd)
+                    transpose_into(whh[:G1H], w1c)
+                if spec.two_stage:
+                    w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (H, G2H))
+                    transpose_into(whh[G1H:], w2c)
+                if dims.proj_size:
+                    whrc = ws.get(f"whrc{tag}", dtype, lambda T_, B_: (H, Hr))
+                    transpose_into(whr, whrc)
             args = (gx, bih, whh, w1c, w2c, bhh, whr, whrc, bool(dims.proj_size), ex, lengths,
                     bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"], rows["ahr"],
                     rows["spr"], rows["snr"], rows["ur"], rows["tpr"], y, d * Hr, own)

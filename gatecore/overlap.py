@@ -141,13 +141,13 @@ class _Chunks:
     def __init__(self, n: int, produce) -> None:
         self.produce = produce
         self.owner = [0] * n  # 0 free, 1 caller, 2 worker
-        self.done = [threading.Event() for _ in range(n)]
-        self.lock = threading.Lock()
+        self.done = [False] * n
+        self.cond = threading.Condition(threading.Lock())  # guards owner and done
         self.error: BaseException | None = None
         self.stop = False
 
     def _claim(self, c: int, who: int) -> bool:
-        with self.lock:
+        with self.cond:
             if self.owner[c] or (who == 2 and self.stop):
                 return False
             self.owner[c] = who
@@ -160,7 +160,9 @@ class _Chunks:
             self.error = exc
             self.stop = True
         finally:
-            self.done[c].set()
+            with self.cond:
+                self.done[c] = True
+                self.cond.notify_all()
 
     def work(self, cpus: set[int] | None) -> None:
         """The worker's task: claim and compute chunks 1, 2, ... until none is left.
@@ -181,7 +183,9 @@ class _Chunks:
         if self._claim(c, 1):
             self._run(c)
         else:
-            self.done[c].wait()
+            with self.cond:
+                while not self.done[c]:
+                    self.cond.wait()
         if self.error is not None:
             raise self.error
 

@@ -1,0 +1,78 @@
+"""gatecore.prepare: parameters checked, copied and transposed once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import gatecore
+from conftest import products_path
+
+
+def test_prepared_lstm_with_projection_matches_plain(rng):
+    p = gatecore.init_params("lstm", 4, 6, num_layers=2, bidirectional=True, proj_size=3,
+                             dtype=np.float64, seed=2)
+    q = gatecore.prepare(p)
+    x = rng.standard_normal((7, 2, 4))
+    dy = rng.standard_normal((7, 2, 6))
+    for path in ("own", "overlap", "blas"):
+        with products_path(path):
+            ya, sa, ta = gatecore.forward("lstm", x, p)
+            ya, sa = ya.copy(), tuple(s.copy() for s in sa)
+            ga = gatecore.backward(ta, dy)[2]
+            ga = {k: v.copy() for k, v in ga.items()}
+            yb, sb, tb = gatecore.forward("lstm", x, q)
+            gb = gatecore.backward(tb, dy)[2]
+            np.testing.assert_array_equal(yb, ya)
+            for k in ga:
+                np.testing.assert_array_equal(gb[k], ga[k])
+            yi = gatecore.forward("lstm", x, q, training=False)[0]
+            np.testing.assert_array_equal(yi, ya)
+
+
+def test_large_step_path_with_prepared_params(rng):
+    p = gatecore.init_params("gru", 8, 16, seed=1)
+    q = gatecore.prepare(p)
+    x = rng.standard_normal((5, 3, 8)).astype(np.float32)
+    with products_path("numpy"):
+        np.testing.assert_array_equal(gatecore.gru(x, q)[0], gatecore.gru(x, p)[0])
+
+
+def test_prepared_params_are_a_read_only_snapshot(rng):
+    p = gatecore.init_params("gru", 3, 4, seed=0)
+    q = gatecore.prepare(p)
+    assert gatecore.prepare(q) is q
+    assert set(q) == set(p) and len(q) == len(p)
+    for k in p:
+        np.testing.assert_array_equal(q[k], p[k])
+        assert not q[k].flags.writeable
+        with pytest.raises(ValueError):
+            q[k][...] = 0
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y0 = gatecore.gru(x, q)[0].copy()
+    p["weight_hh_l0"][...] = 0  # the caller's arrays change; the prepared copy does not
+    np.testing.assert_array_equal(gatecore.gru(x, q)[0], y0)
+    assert "PreparedParams" in repr(q)
+
+
+def test_prepare_rejects_bad_values():
+    with pytest.raises(gatecore.DTypeError, match="mapping"):
+        gatecore.prepare([np.zeros((4, 4))])
+    with pytest.raises(gatecore.DTypeError, match="weight_ih_l0"):
+        gatecore.prepare({"weight_ih_l0": np.zeros((12, 3), np.int32)})
+    with pytest.raises(gatecore.ParameterError, match="string"):
+        gatecore.prepare({0: np.zeros((12, 3), np.float32)})
+
+
+def test_prepared_params_are_checked_against_each_cell(rng):
+    q = gatecore.prepare(gatecore.init_params("gru", 3, 4, seed=0))
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    with pytest.raises(gatecore.ParameterError, match="weight_hh_l0"):
+        gatecore.forward("lstm", x, q)
+    gatecore.forward("gru", x, q)  # the failed check left nothing behind
+    gatecore.forward("gru", x, q, reset_after=False)  # a second layout for the other spec
+    with pytest.raises(gatecore.ShapeError, match="input_size"):
+        gatecore.forward("gru", x[..., :2], q)
+    incomplete = gatecore.prepare({"weight_ih_l0": np.zeros((12, 3), np.float32)})
+    with pytest.raises(gatecore.ParameterError, match="weight_hh_l0"):
+        gatecore.gru(x, incomplete)
