@@ -11,17 +11,18 @@ from .common import (ALL_CELLS_SHAPE, CELLS, DTYPES, FULL, SHAPES, SOME_SHAPES, 
 
 
 class Forward:
-    """Inference (``training=False``, no tape), workspace reused: float32, 1 layer, 1 direction."""
+    """Inference (``training=False``, no tape), workspace reused: float32, 1 layer, 1 direction;
+    parameters as a plain mapping or prepared once (``gatecore.prepare``)."""
 
-    params = (CELLS, list(SHAPES))
-    param_names = ["cell", "shape"]
+    params = (CELLS, list(SHAPES), ["dict", "prepared"])
+    param_names = ["cell", "shape", "params"]
     timeout = 600
 
-    def setup(self, cell, shape):
-        self.case = Case(cell, shape)
+    def setup(self, cell, shape, params):
+        self.case = Case(cell, shape, prepared=(params == "prepared"))
         self.case.infer()
 
-    def time_forward(self, cell, shape):
+    def time_forward(self, cell, shape, params):
         self.case.infer()
 
 

@@ -43,7 +43,8 @@ class Case:
     """Parameters, input, output gradient and workspace of one benchmark case."""
 
     def __init__(self, cell: str, shape, *, dtype="float32", num_layers: int = 1,
-                 bidirectional: bool = False, workspace: bool = True, seed: int = 0):
+                 bidirectional: bool = False, workspace: bool = True, seed: int = 0,
+                 prepared: bool = False):
         T, B, I, H = SHAPES[shape] if isinstance(shape, str) else shape
         D = 2 if bidirectional else 1
         self.cell = cell
@@ -51,6 +52,8 @@ class Case:
         self.params = gatecore.init_params(cell, I, H, num_layers=num_layers,
                                            bidirectional=bidirectional, dtype=np.dtype(dtype),
                                            seed=seed)
+        if prepared:  # checked, copied and transposed once (gatecore.prepare)
+            self.params = gatecore.prepare(self.params)
         self.x = rng.standard_normal((T, B, I)).astype(dtype)
         self.dy = rng.standard_normal((T, B, D * H)).astype(dtype)
         self.ws = gatecore.Workspace(max_seq_len=T, max_batch=B) if workspace else None
