@@ -277,8 +277,11 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         tag_y = f"y{k}" if keep else f"y{k % 2}"
         y = ws.get(tag_y, dtype, lambda T_, B_: (T_, B_, D * Hr))
         in2d = layer_in.reshape(T * B, layer_in.shape[2])
-        pipe = (not keep and own and T > 1 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
-                and overlap.enabled())
+        # (not when x, read in place, overlaps this layer's y: an earlier output of this
+        # workspace; its later rows would be overwritten before the worker had read them)
+        pipe = (not keep and own and T > 1 and B > 0
+                and T * B * GH * in2d.shape[1] >= OVERLAP_MACS and overlap.enabled()
+                and not np.may_share_memory(layer_in, y))
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""
@@ -324,15 +327,20 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 w2c = pk.get("w2c", w2c)
                 whrc = pk.get("whrc", whrc)
             else:
+                # (inference with one item on the own path: the kernel reads weight_hh and
+                # weight_hr by _mmd, no transposes needed)
+                need = keep or not (own and B == 1)
                 w1c = ws.get(f"w1c{tag}", dtype, lambda T_, B_: (Hr, G1H))
-                if keep or not (own and B == 1):  # (else the kernel reads weight_hh, by _mmd)
+                if need:
                     transpose_into(whh[:G1H], w1c)
                 if spec.two_stage:
                     w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (H, G2H))
-                    transpose_into(whh[G1H:], w2c)
+                    if need:
+                        transpose_into(whh[G1H:], w2c)
                 if dims.proj_size:
                     whrc = ws.get(f"whrc{tag}", dtype, lambda T_, B_: (H, Hr))
-                    transpose_into(whr, whrc)
+                    if need:
+                        transpose_into(whr, whrc)
             args = (gx, bih, whh, w1c, w2c, bhh, whr, whrc, bool(dims.proj_size), ex, lengths,
                     bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"], rows["ahr"],
                     rows["spr"], rows["snr"], rows["ur"], rows["tpr"], y, d * Hr, own)

@@ -10,9 +10,11 @@ loop needs it (a busy second core, or the worker serving another call), so the r
 waits on a thread that cannot run, and it is the same either way: every chunk is computed by
 the same loop over the same rows.
 
-The worker is one daemon thread shared by the process (created on first use, recreated
-after ``fork``). Before a call returns (or raises) it waits until the worker has left its
-chunks, so no thread touches the call's workspace after it.
+The worker is one thread of a ``ThreadPoolExecutor`` shared by the process (created on
+first use, recreated after ``fork``; once the interpreter is shutting down, or while the
+worker serves another call, a call computes its chunks alone). Before a call returns (or
+raises, even on a second Ctrl-C) it waits until the worker has left its chunks, so no thread
+touches the call's workspace after it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 
 __all__ = ["enabled", "chunk_bounds", "run_chunked"]
 
@@ -28,9 +31,11 @@ _pool_lock = threading.Lock()
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pool_lock
+    global _pool, _pool_lock, _active, _active_lock
     _pool = None  # the parent's worker thread does not exist in the child
     _pool_lock = threading.Lock()
+    _active = 0
+    _active_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -190,26 +195,62 @@ class _Chunks:
             raise self.error
 
 
+_active = 0  # calls of run_chunked in flight (several threads may call at once)
+_active_lock = threading.Lock()
+
+
+def _wait_uninterrupted(future) -> None:
+    """Wait until ``future`` is done, even through KeyboardInterrupt (raised afterwards)."""
+    interrupted = None
+    while True:
+        try:
+            futures_wait([future])
+            break
+        except BaseException as exc:  # Ctrl-C while waiting: the worker still holds buffers
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 def run_chunked(bounds: list[int], produce, consume) -> None:
     """For each chunk c of ``bounds``: ``produce(k0, k1)`` (on either thread), then
     ``consume(k0, k1)`` on this thread, chunks in order; ``produce`` of later chunks runs on
     the worker meanwhile. Exceptions of either are raised here, after the worker has stopped.
+
+    Only a call that is alone in flight pins itself (``_pin_caller``): concurrent callers
+    pinned themselves to whichever CPU they were on, often the same one, while the single
+    worker could serve only one of them anyway.
     """
+    global _active
     n = len(bounds) - 1
     table = _Chunks(n, lambda c: produce(bounds[c], bounds[c + 1]))
-    pinned = _pin_caller() if n > 1 else None
+    pinned = None
     future = None
+    counted = False
     try:
         if n > 1:
-            future = _worker_pool().submit(table.work, pinned[1] if pinned else None)
+            with _active_lock:
+                _active += 1
+                counted = True
+                alone = _active == 1
+            pinned = _pin_caller() if alone else None
+            try:
+                future = _worker_pool().submit(table.work, pinned[1] if pinned else None)
+            except RuntimeError:  # interpreter shutting down: no new threads, do it all here
+                future = None
         for c in range(n):
             table.get(c)
             consume(bounds[c], bounds[c + 1])
     finally:
-        if future is not None:
-            table.stop = True
-            if not future.cancel():
-                future.result()
-        _unpin(pinned)
+        try:
+            if future is not None:
+                table.stop = True
+                if not future.cancel():
+                    _wait_uninterrupted(future)
+        finally:
+            _unpin(pinned)
+            if counted:
+                with _active_lock:
+                    _active -= 1
     if table.error is not None:
         raise table.error

@@ -305,11 +305,10 @@ class PreparedParams(Mapping):
 
     def __init__(self, arrays: dict) -> None:
         self._arrays = arrays
-        self._views = {}
-        for key, a in arrays.items():
-            v = a.view()
-            v.flags.writeable = False
-            self._views[key] = v
+        # views through a read-only buffer: their writeable flag cannot be set again (the
+        # kernels read the writeable originals: no read-only Numba specializations)
+        self._views = {key: np.frombuffer(memoryview(a).toreadonly(), dtype=a.dtype)
+                       .reshape(a.shape) for key, a in arrays.items()}
         self._layouts: dict[tuple, tuple] = {}
         self._lock = threading.Lock()
 
@@ -325,6 +324,9 @@ class PreparedParams(Mapping):
     def __repr__(self):
         dt = next(iter(self._arrays.values())).dtype if self._arrays else None
         return f"PreparedParams({len(self)} arrays, {dt})"
+
+    def __reduce__(self):  # pickle / copy: the arrays; layouts are rebuilt at first use
+        return prepare, ({k: a for k, a in self._arrays.items()},)
 
     def layout(self, spec: CellSpec):
         """``(dims, dtype, layers, packed)`` for ``spec``, checked and built once per cell.
@@ -381,14 +383,19 @@ def prepare(params: Mapping) -> PreparedParams:
     Returns
     -------
     PreparedParams
-        A read-only mapping of gatecore's own copies (twice the memory of the weights, with
-        the transposes). Keys and shapes are checked against a cell at its first use with it
-        (the same errors as plain parameters, raised by that call).
+        A read-only mapping of gatecore's own copies. It holds the weights twice (the copies
+        and their transposes), plus one more set of transposes per further cell variant it
+        is used with (GRU with both ``reset_after`` settings: about three times). Keys and
+        shapes are checked against a cell at its first use with it (the same errors as
+        plain parameters, raised by that call). It pickles (as its arrays).
 
     Raises
     ------
     DTypeError (TypeError)
-        ``params`` is not a mapping, or a value is not a float32/float64 array.
+        ``params`` is not a mapping (or is a GPU parameter set), or a value is not a
+        float32/float64 array.
+    ParameterError (ValueError)
+        A key is not a string.
 
     Examples
     --------

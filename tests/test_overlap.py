@@ -187,3 +187,89 @@ def test_training_calls_do_not_overlap(monkeypatch):
         gatecore.forward("gru", x, p, training=False)
     assert len(calls) == 1
     assert network.OVERLAP_MACS > 0
+
+
+def test_input_that_is_a_narrower_earlier_output_of_the_same_workspace(rng):
+    """x read in place may share memory with this call's y (an earlier output of the same
+    workspace, a narrower row): writing y must not overwrite rows the worker has yet to read."""
+    p1 = gatecore.init_params("lstm", 64, 32, seed=1)
+    p2 = gatecore.init_params("lstm", 32, 96, seed=2)
+    x = rng.standard_normal((100, 8, 64)).astype(np.float32)
+    ws = gatecore.Workspace()
+    for path in ("overlap", "own"):
+        with products_path(path):
+            for _ in range(5):
+                y1 = gatecore.forward("lstm", x, p1, workspace=ws, training=False)[0]
+                want = gatecore.forward("lstm", y1.copy(), p2, training=False)[0]
+                got = gatecore.forward("lstm", y1, p2, workspace=ws, training=False)[0]
+                # (the two calls may take different product paths: rounding differs; the bug
+                # this guards against gave differences up to 0.1)
+                np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_empty_batch_on_the_overlap_path():
+    p = gatecore.init_params("gru", 3, 4, seed=0)
+    with products_path("overlap"):
+        y, (h,), _ = gatecore.forward("gru", np.zeros((5, 0, 3), np.float32), p, training=False)
+    assert y.shape == (5, 0, 4) and h.shape == (1, 0, 4)
+
+
+def test_no_worker_after_interpreter_shutdown_began(monkeypatch):
+    """submit() refuses work once the interpreter is exiting: the caller does every chunk."""
+    class Refusing:
+        def submit(self, *a, **k):
+            raise RuntimeError("cannot schedule new futures after interpreter shutdown")
+
+    monkeypatch.setattr(overlap, "_worker_pool", lambda: Refusing())
+    seen = []
+    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b: seen.append((a, b)),
+                        lambda a, b: None)
+    assert len(seen) == len(overlap.chunk_bounds(20)) - 1
+    assert overlap._active == 0
+
+
+def test_waiting_for_the_worker_survives_an_interrupt(monkeypatch):
+    """A Ctrl-C while the caller waits for the worker: it still waits, then re-raises."""
+    from concurrent.futures import Future
+
+    fut = Future()
+    calls = []
+
+    def fake_wait(fs):
+        calls.append(1)
+        if len(calls) == 1:
+            fut.set_result(None)
+            raise KeyboardInterrupt
+        return None
+
+    monkeypatch.setattr(overlap, "futures_wait", fake_wait)
+    with pytest.raises(KeyboardInterrupt):
+        overlap._wait_uninterrupted(fut)
+    assert len(calls) == 2 and fut.done()
+
+
+def test_concurrent_callers_restore_their_cpu_sets(rng):
+    import os
+
+    if not hasattr(os, "sched_getaffinity"):
+        pytest.skip("no CPU affinity on this platform")
+    p = gatecore.init_params("lstm", 4, 6, seed=1)
+    x = rng.standard_normal((40, 3, 4))
+    p = {k: v.astype(np.float64) for k, v in p.items()}
+    seen = []
+
+    def run():
+        before = os.sched_getaffinity(0)
+        ws = gatecore.Workspace()
+        for _ in range(20):
+            gatecore.forward("lstm", x, p, workspace=ws, training=False)
+        seen.append(os.sched_getaffinity(0) == before)
+
+    with products_path("overlap"):
+        threads = [threading.Thread(target=run) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+    assert seen == [True] * 3
+    assert overlap._active == 0

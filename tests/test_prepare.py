@@ -76,3 +76,25 @@ def test_prepared_params_are_checked_against_each_cell(rng):
     incomplete = gatecore.prepare({"weight_ih_l0": np.zeros((12, 3), np.float32)})
     with pytest.raises(gatecore.ParameterError, match="weight_hh_l0"):
         gatecore.gru(x, incomplete)
+
+
+def test_prepared_views_cannot_be_made_writeable():
+    q = gatecore.prepare(gatecore.init_params("lstm", 3, 4, seed=0))
+    v = q["weight_hh_l0"]
+    with pytest.raises(ValueError):
+        v.flags.writeable = True
+    with pytest.raises(ValueError):
+        v[0, 0] = 1.0
+
+
+def test_prepared_params_pickle_and_copy(rng):
+    import copy
+    import pickle
+
+    p = gatecore.init_params("gru", 3, 4, seed=0)
+    q = gatecore.prepare(p)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    want = gatecore.gru(x, q)[0].copy()
+    for other in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q), copy.copy(q)):
+        assert isinstance(other, gatecore.PreparedParams)
+        np.testing.assert_array_equal(gatecore.gru(x, other)[0], want)
