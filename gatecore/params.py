@@ -392,10 +392,10 @@ def prepare(params: Mapping) -> PreparedParams:
     Raises
     ------
     DTypeError (TypeError)
-        ``params`` is not a mapping (or is a GPU parameter set), or a value is not a
-        float32/float64 array.
+        ``params`` is not a mapping (or is a GPU parameter set), a value is not a
+        float32/float64 array, or the values mix float32 and float64.
     ParameterError (ValueError)
-        A key is not a string.
+        A key is not a string, or ``params`` is empty.
 
     Examples
     --------
@@ -417,4 +417,13 @@ def prepare(params: Mapping) -> PreparedParams:
             raise ParameterError(f"params has a key that is not a string: {key!r}")
         a = _as_param_array(key, value)
         arrays[key] = np.array(a, dtype=a.dtype, order="C", copy=True)
+    if not arrays:
+        raise ParameterError("params is empty; expected at least weight_ih_l0 and weight_hh_l0")
+    dtypes = sorted({str(a.dtype) for a in arrays.values()})
+    if len(dtypes) > 1:
+        by = {dt: sorted(k for k, a in arrays.items() if str(a.dtype) == dt) for dt in dtypes}
+        detail = "; ".join(f"{dt}: {ks[:3]}{' ...' if len(ks) > 3 else ''}"
+                           for dt, ks in by.items())
+        raise DTypeError(f"params mix dtypes ({detail}); give every parameter the same dtype, "
+                         "float32 or float64")
     return PreparedParams(arrays)

@@ -62,6 +62,12 @@ def test_prepare_rejects_bad_values():
         gatecore.prepare({"weight_ih_l0": np.zeros((12, 3), np.int32)})
     with pytest.raises(gatecore.ParameterError, match="string"):
         gatecore.prepare({0: np.zeros((12, 3), np.float32)})
+    with pytest.raises(gatecore.ParameterError, match="empty"):
+        gatecore.prepare({})
+    mixed = gatecore.init_params("gru", 3, 4, seed=0)
+    mixed["bias_hh_l0"] = mixed["bias_hh_l0"].astype(np.float64)
+    with pytest.raises(gatecore.DTypeError, match="bias_hh_l0"):
+        gatecore.prepare(mixed)
 
 
 def test_prepared_params_are_checked_against_each_cell(rng):
