@@ -263,7 +263,10 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         raise TypeError(f"training must be True or False, got {training!r}")
     spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
-    packed = params.layout(spec)[3] if isinstance(params, PreparedParams) else None
+    # inference reads prepared parameters and their transposes in place; training copies
+    # them into its workspace like any mapping (the tape then holds no array of theirs)
+    packed = (params._layout(spec)[3] if isinstance(params, PreparedParams) and not training
+              else None)
     y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
                                    bool(training), bool(batch_first), unbatched, dtype,
                                    packed=packed)

@@ -239,8 +239,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     ``xa`` [T, B, I] is a time-major view of x (any strides), ``states`` a tuple with None or
     [L*D, B, *] per state variable, ``layers`` the caller's parameter arrays; all are copied
     into the workspace first (inference reads C-contiguous ones of the right dtype in place).
-    ``packed``: the transposed weights of prepared parameters (``PreparedParams.layout``),
-    whose arrays are gatecore's own and are then read in place, also by a training call.
+    ``packed`` (inference only): the transposed weights of prepared parameters
+    (``PreparedParams._layout``), whose arrays are gatecore's own and are read in place.
     Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)`` as workspace views.
     """
     T, B, _ = xa.shape

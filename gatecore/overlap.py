@@ -20,6 +20,7 @@ touches the call's workspace after it.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
@@ -212,15 +213,57 @@ def _wait_uninterrupted(future) -> None:
         raise interrupted
 
 
+class _DeferSigint:
+    """In the main thread, hold SIGINT (Ctrl-C) back for the duration and deliver it after.
+
+    A KeyboardInterrupt raised between two bytecodes of the hand-over (inside a lock's
+    ``with``, between ``submit`` queueing the task and returning, between pinning this
+    thread and recording it) left a lock held (a hang no further Ctrl-C could end), a worker
+    writing into the workspace after the call had raised, or the thread pinned to one CPU
+    (found by a breaker sending SIGINT every 4 ms). The kernels themselves never look at
+    signals, so the call as a whole was not interruptible before either; Ctrl-C now takes
+    effect when it returns. Other threads never receive KeyboardInterrupt.
+    """
+
+    def __enter__(self):
+        self.old = None
+        self.pending = None
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        try:
+            old = signal.getsignal(signal.SIGINT)
+            if callable(old):
+                self.old = signal.signal(signal.SIGINT, self._hold)
+        except (ValueError, OSError):  # no signals here (an embedded interpreter)
+            self.old = None
+        return self
+
+    def _hold(self, signum, frame):
+        self.pending = (signum, frame)
+
+    def __exit__(self, *exc):
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if self.pending is not None and exc[0] is None:
+                self.old(*self.pending)  # KeyboardInterrupt, from the default handler
+        return False
+
+
 def run_chunked(bounds: list[int], produce, consume) -> None:
     """For each chunk c of ``bounds``: ``produce(k0, k1)`` (on either thread), then
     ``consume(k0, k1)`` on this thread, chunks in order; ``produce`` of later chunks runs on
-    the worker meanwhile. Exceptions of either are raised here, after the worker has stopped.
+    the worker meanwhile. Exceptions of either are raised here, after the worker has stopped;
+    Ctrl-C in the main thread is held back until then (``_DeferSigint``).
 
     Only a call that is alone in flight pins itself (``_pin_caller``): concurrent callers
     pinned themselves to whichever CPU they were on, often the same one, while the single
     worker could serve only one of them anyway.
     """
+    with _DeferSigint():
+        _run_chunked(bounds, produce, consume)
+
+
+def _run_chunked(bounds: list[int], produce, consume) -> None:
     global _active
     n = len(bounds) - 1
     table = _Chunks(n, lambda c: produce(bounds[c], bounds[c + 1]))

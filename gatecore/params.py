@@ -27,7 +27,8 @@ from .errors import DTypeError, ParameterError
 
 __all__ = ["Dims", "parse_params", "init_params_for_spec", "param_keys", "PreparedParams", "prepare"]
 
-_KEY = re.compile(r"^([A-Za-z_]+?)_l(\d+)(_reverse)?$")
+# ASCII digits only, whole key (no trailing newline): "weight_ih_l0\n" is not layer 0
+_KEY = re.compile(r"([A-Za-z_]+?)_l([0-9]{1,9})(_reverse)?", re.ASCII)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,17 +117,18 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
         expected shape and the shape found).
     """
     if isinstance(params, PreparedParams):
-        return params.layout(spec)[:3]
+        return params._layout(spec)[:3]
     if not isinstance(params, Mapping):
         raise DTypeError(f"params must be a mapping of name to array, got {type(params).__name__}")
     rows = spec.param_rows()
     known = set(rows) | {"weight_hr"}
     found: dict[tuple[int, int], dict[str, np.ndarray]] = {}
     for key, value in params.items():
-        m = _KEY.match(key) if isinstance(key, str) else None
+        m = _KEY.fullmatch(key) if isinstance(key, str) else None
         if m is None or m.group(1) not in known:
+            shown = repr(key) if len(repr(key)) <= 80 else repr(key)[:60] + f"... ({len(key)} chars)"
             raise ParameterError(
-                f"params has unknown key {key!r} for cell {spec.name!r}; expected keys like "
+                f"params has unknown key {shown} for cell {spec.name!r}; expected keys like "
                 f"{sorted(known)} + '_l<k>' [+ '_reverse']"
             )
         prefix, layer, rev = m.group(1), int(m.group(2)), bool(m.group(3))
@@ -196,6 +198,13 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
     if w_ih0 is None or w_ih0.ndim != 2:
         raise ParameterError("params['weight_ih_l0'] is missing or not 2-D [G*hidden_size, input_size]")
     I = w_ih0.shape[1]
+    if w_ih0.shape[0] != G * H:
+        hint = (" (it looks transposed: PyTorch stores weight_ih as [G*hidden_size, input_size])"
+                if w_ih0.shape[1] == G * H else "")
+        raise ParameterError(
+            f"params['weight_ih_l0'] is {list(w_ih0.shape)}, expected [{G * H}, input_size] "
+            f"= [{G} gates x hidden_size={H}, input_size]{hint}"
+        )
 
     expected = set(param_keys(spec, num_layers, num_directions, has_bias, has_proj))
     given = set(params)
@@ -267,7 +276,7 @@ def init_params_for_spec(spec: CellSpec, input_size: int, hidden_size: int, num_
     G, H, Hr = spec.num_gates, hidden_size, proj_size or hidden_size
     out = {}
     for key in param_keys(spec, num_layers, D, True, bool(proj_size)):
-        prefix, layer = _KEY.match(key).group(1), int(_KEY.match(key).group(2))
+        prefix, layer = _KEY.fullmatch(key).group(1), int(_KEY.fullmatch(key).group(2))
         if prefix == "weight_ih":
             shape = (G * H, input_size if layer == 0 else D * Hr)
         elif prefix == "weight_hh":
@@ -297,8 +306,10 @@ class PreparedParams(Mapping):
     own C-contiguous copies, accepted wherever ``params`` is. Per cell it also holds the
     transposed weights the CPU kernels multiply by (``W_ih^T``, ``W_hh^T`` per stage,
     ``W_hr^T``), made at its first use with that cell, so a call neither checks nor copies
-    nor transposes parameters again. Later changes to the arrays it was made from are not
-    seen: prepare again after changing the weights.
+    nor transposes parameters again (inference; a training call copies them into its
+    workspace as it copies any parameters, so its tape holds none of these arrays). Later
+    changes to the arrays it was made from are not seen: prepare again after changing the
+    weights.
     """
 
     device = "cpu"
@@ -328,7 +339,7 @@ class PreparedParams(Mapping):
     def __reduce__(self):  # pickle / copy: the arrays; layouts are rebuilt at first use
         return prepare, ({k: a for k, a in self._arrays.items()},)
 
-    def layout(self, spec: CellSpec):
+    def _layout(self, spec: CellSpec):
         """``(dims, dtype, layers, packed)`` for ``spec``, checked and built once per cell.
 
         ``layers[k][d][prefix]`` are the owned arrays; ``packed[k][d]`` maps ``wihc`` [in,
@@ -369,9 +380,10 @@ def prepare(params: Mapping) -> PreparedParams:
 
     For inference in a deployment (load a ``state_dict`` once, then call
     :func:`gatecore.forward`, :func:`gatecore.lstm` or :func:`gatecore.gru` many times):
-    a call with prepared parameters skips checking, copying and transposing them, which
-    otherwise costs every call about one pass over the weights (at ``hidden_size`` 1024,
-    LSTM: 14 ms of an 89 ms inference call). Training works too; the gradients of
+    an inference call with prepared parameters skips checking, copying and transposing them,
+    which otherwise costs every call about one pass over the weights (at ``hidden_size``
+    1024, LSTM: 14 ms of an 89 ms inference call). Training works too (a training call still
+    copies the parameters into its workspace, for its tape); the gradients of
     :func:`gatecore.backward` have the same keys.
 
     Parameters

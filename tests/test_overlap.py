@@ -273,3 +273,40 @@ def test_concurrent_callers_restore_their_cpu_sets(rng):
             t.join(timeout=60)
     assert seen == [True] * 3
     assert overlap._active == 0
+
+
+def test_ctrl_c_during_a_call_is_delivered_after_it(rng):
+    """SIGINT in the middle of an overlapped call: the call finishes cleanly (no lock held,
+    no worker left writing, CPU set restored), then KeyboardInterrupt is raised."""
+    import os
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals need the main thread")
+    p = gatecore.init_params("lstm", 8, 16, dtype=np.float64, seed=0)
+    x = rng.standard_normal((60, 4, 8))
+    want = gatecore.forward("lstm", x, p, training=False)[0].copy()
+    before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
+    ws = gatecore.Workspace()
+    fired = []
+    with products_path("overlap"):
+        real = overlap._Chunks._run
+
+        def run_then_signal(self, c):
+            real(self, c)
+            if c == 2 and not fired:
+                fired.append(1)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        overlap._Chunks._run = run_then_signal
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                gatecore.forward("lstm", x, p, training=False, workspace=ws)
+        finally:
+            overlap._Chunks._run = real
+        got = gatecore.forward("lstm", x, p, training=False, workspace=ws)[0]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
+    assert fired
+    if before is not None:
+        assert os.sched_getaffinity(0) == before
+    assert overlap._active == 0

@@ -104,3 +104,31 @@ def test_prepared_params_pickle_and_copy(rng):
     for other in (pickle.loads(pickle.dumps(q)), copy.deepcopy(q), copy.copy(q)):
         assert isinstance(other, gatecore.PreparedParams)
         np.testing.assert_array_equal(gatecore.gru(x, other)[0], want)
+
+
+def test_a_training_tape_holds_no_array_of_the_prepared_set(rng):
+    q = gatecore.prepare(gatecore.init_params("lstm", 3, 4, seed=0))
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y0 = gatecore.lstm(x, q)[0].copy()
+    y, _, tape = gatecore.forward("lstm", x, q)
+    for per_dir in tape.layers:
+        for group in per_dir:
+            for a in group.values():
+                assert not any(np.may_share_memory(a, v) for v in q._arrays.values())
+    tape.layers[0][0]["weight_ih"][...] = 0  # the tape's copy only
+    np.testing.assert_array_equal(gatecore.lstm(x, q)[0], y0)
+    np.testing.assert_array_equal(q["weight_ih_l0"], gatecore.init_params("lstm", 3, 4, seed=0)["weight_ih_l0"])
+
+
+def test_bad_layer_numbers_and_a_transposed_weight_are_named():
+    p = gatecore.init_params("lstm", 3, 4, seed=0)
+    x = np.ones((2, 1, 3), np.float32)
+    with pytest.raises(gatecore.ParameterError, match=r"unknown key .*chars"):
+        gatecore.lstm(x, {**p, "weight_ih_l" + "9" * 5000: p["weight_ih_l0"]})
+    for odd in ("weight_ih_l0\n", "weight_ih_l\u0660"):
+        q = {k: v for k, v in p.items() if k != "weight_ih_l0"}
+        q[odd] = p["weight_ih_l0"]
+        with pytest.raises(gatecore.ParameterError, match="unknown key"):
+            gatecore.lstm(x, q)
+    with pytest.raises(gatecore.ParameterError, match="transposed"):
+        gatecore.lstm(x, {**p, "weight_ih_l0": p["weight_ih_l0"].T.copy()})
