@@ -120,6 +120,24 @@ def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
 OVERLAP_MACS = 1 << 21
 
 
+def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
+    """Whether overlapping a layer's input product with its time loop should pay off.
+
+    A cost model per step, in ns, from single-core measurements on the 2-core EPYC (float32):
+    the time loop costs ``rec`` (its own recurrent product at 33 ns per 1000 multiply-adds,
+    46 with one batch item, plus about 7 ns per unit and item of pointwise work); the input
+    product costs ``gnp`` on NumPy's two-thread BLAS (17 ns per 1000) or ``gown`` on the
+    worker (45 ns per 1000, the kernels' own loop). Overlapped the call takes about
+    max(rec, gown), serially rec + gnp. It pays with a 5% margin: measured T=100, B=8, H=64
+    LSTM with input 64 (yes, 4% faster) and 128 (no: 15% slower overlapped), T=300, B=4,
+    input 512 (no: 1.9x slower), T=1000, B=1, H=128 with input 128 and 256 (yes: 10-20%).
+    """
+    rec = B * GH * Hr * (0.046 if B == 1 else 0.033) + B * H * 7.0
+    gnp = B * GH * I * 0.017
+    gown = B * GH * I * 0.045
+    return max(rec, gown) < 0.95 * (rec + gnp)
+
+
 def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d):
     """forward_dir over all steps, the input product of later chunks on the worker."""
     def produce(k0, k1):
@@ -280,7 +298,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         # (not when x, read in place, overlaps this layer's y: an earlier output of this
         # workspace; its later rows would be overwritten before the worker had read them)
         pipe = (not keep and own and T > 1 and B > 0
-                and T * B * GH * in2d.shape[1] >= OVERLAP_MACS and overlap.enabled()
+                and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
+                and overlap_pays(B, GH, Hr, H, in2d.shape[1]) and overlap.enabled()
                 and not np.may_share_memory(layer_in, y))
         for d in range(D):
             group = layers[k][d]

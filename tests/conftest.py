@@ -47,10 +47,11 @@ def products_path(path):
     from gatecore import network, overlap
 
     saved = network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS
-    saved_enabled = overlap.enabled
+    saved_enabled, saved_pays = overlap.enabled, network.overlap_pays
     if path == "overlap":
         network.OVERLAP_MACS = 0
         overlap.enabled = lambda: True
+        network.overlap_pays = lambda *a: True
     else:
         network.OVERLAP_MACS = 1 << 62
     if path in ("blas", "numpy"):
@@ -61,3 +62,4 @@ def products_path(path):
     finally:
         network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS = saved
         overlap.enabled = saved_enabled
+        network.overlap_pays = saved_pays

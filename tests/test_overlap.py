@@ -310,3 +310,16 @@ def test_ctrl_c_during_a_call_is_delivered_after_it(rng):
     if before is not None:
         assert os.sched_getaffinity(0) == before
     assert overlap._active == 0
+
+
+@pytest.mark.parametrize("B, G, H, I, pays", [
+    (8, 4, 64, 64, True),     # small: the time loop outlasts the worker's input product
+    (1, 4, 128, 128, True),   # stream
+    (8, 4, 64, 128, False),   # measured 15% slower overlapped
+    (4, 4, 64, 512, False),   # measured 1.9x slower overlapped
+    (8, 3, 64, 192, False),
+])
+def test_cost_model_of_the_overlap(B, G, H, I, pays):
+    from gatecore.network import overlap_pays
+
+    assert overlap_pays(B, G * H, H, H, I) is pays
