@@ -22,6 +22,11 @@ from __future__ import annotations
 import os
 import signal
 import threading
+
+try:
+    import _signal  # the C functions behind signal.getsignal/signal.signal
+except ImportError:  # pragma: no cover - not CPython
+    _signal = signal
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
@@ -214,15 +219,20 @@ def _wait_uninterrupted(future) -> None:
 
 
 class _DeferSigint:
-    """In the main thread, hold SIGINT (Ctrl-C) back for the duration and deliver it after.
+    """In the main thread, hold SIGINT (Ctrl-C) back during a call's hand-over and cleanup.
 
     A KeyboardInterrupt raised between two bytecodes of the hand-over (inside a lock's
     ``with``, between ``submit`` queueing the task and returning, between pinning this
     thread and recording it) left a lock held (a hang no further Ctrl-C could end), a worker
     writing into the workspace after the call had raised, or the thread pinned to one CPU
-    (found by a breaker sending SIGINT every 4 ms). The kernels themselves never look at
-    signals, so the call as a whole was not interruptible before either; Ctrl-C now takes
-    effect when it returns. Other threads never receive KeyboardInterrupt.
+    (found by a breaker sending SIGINT every 4 ms). With the default handler the call stops
+    at the next chunk boundary (``interrupted``), cleans up and raises KeyboardInterrupt
+    (replacing any error in flight, which stays its ``__context__``); a custom handler runs
+    once the call is complete. Handlers are read and set through ``_signal`` (C functions:
+    the ``signal`` module's Python wrappers cost 22 us a call and are frames in which other
+    signals' handlers could run mid-swap). Other signals are not held back; a handler left
+    swapped by one of them raising mid-swap is put back by the next call. Other threads
+    never receive KeyboardInterrupt.
     """
 
     def __enter__(self):
@@ -231,21 +241,30 @@ class _DeferSigint:
         if threading.current_thread() is not threading.main_thread():
             return self
         try:
-            old = signal.getsignal(signal.SIGINT)
-            if callable(old):
-                self.old = signal.signal(signal.SIGINT, self._hold)
-        except (ValueError, OSError):  # no signals here (an embedded interpreter)
+            cur = _signal.getsignal(signal.SIGINT)
+            stale = getattr(cur, "__self__", None)
+            if isinstance(stale, _DeferSigint) and stale.old is not None:
+                cur = stale.old  # left installed by an interrupted earlier call
+                _signal.signal(signal.SIGINT, cur)
+            if callable(cur):
+                self.old = cur
+                _signal.signal(signal.SIGINT, self._hold)
+        except (ValueError, OSError, AttributeError):  # no signals here (embedded)
             self.old = None
         return self
 
     def _hold(self, signum, frame):
         self.pending = (signum, frame)
 
+    def interrupted(self) -> bool:
+        """A Ctrl-C arrived and will raise: stop at the next chunk boundary."""
+        return self.pending is not None and self.old is signal.default_int_handler
+
     def __exit__(self, *exc):
         if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
-            if self.pending is not None and exc[0] is None:
-                self.old(*self.pending)  # KeyboardInterrupt, from the default handler
+            _signal.signal(signal.SIGINT, self.old)
+            if self.pending is not None:
+                self.old(*self.pending)
         return False
 
 
@@ -253,17 +272,18 @@ def run_chunked(bounds: list[int], produce, consume) -> None:
     """For each chunk c of ``bounds``: ``produce(k0, k1)`` (on either thread), then
     ``consume(k0, k1)`` on this thread, chunks in order; ``produce`` of later chunks runs on
     the worker meanwhile. Exceptions of either are raised here, after the worker has stopped;
-    Ctrl-C in the main thread is held back until then (``_DeferSigint``).
+    Ctrl-C in the main thread stops the call at the next chunk and is raised after the
+    cleanup (``_DeferSigint``).
 
     Only a call that is alone in flight pins itself (``_pin_caller``): concurrent callers
     pinned themselves to whichever CPU they were on, often the same one, while the single
     worker could serve only one of them anyway.
     """
-    with _DeferSigint():
-        _run_chunked(bounds, produce, consume)
+    with _DeferSigint() as sigint:
+        _run_chunked(bounds, produce, consume, sigint.interrupted)
 
 
-def _run_chunked(bounds: list[int], produce, consume) -> None:
+def _run_chunked(bounds: list[int], produce, consume, interrupted) -> None:
     global _active
     n = len(bounds) - 1
     table = _Chunks(n, lambda c: produce(bounds[c], bounds[c + 1]))
@@ -282,6 +302,8 @@ def _run_chunked(bounds: list[int], produce, consume) -> None:
             except RuntimeError:  # interpreter shutting down: no new threads, do it all here
                 future = None
         for c in range(n):
+            if interrupted():
+                break  # KeyboardInterrupt follows, after the cleanup
             table.get(c)
             consume(bounds[c], bounds[c + 1])
     finally:
@@ -291,9 +313,11 @@ def _run_chunked(bounds: list[int], produce, consume) -> None:
                 if not future.cancel():
                     _wait_uninterrupted(future)
         finally:
-            _unpin(pinned)
-            if counted:
-                with _active_lock:
-                    _active -= 1
+            try:
+                _unpin(pinned)
+            finally:
+                if counted:
+                    with _active_lock:
+                        _active -= 1
     if table.error is not None:
         raise table.error

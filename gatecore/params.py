@@ -117,7 +117,7 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
         expected shape and the shape found).
     """
     if isinstance(params, PreparedParams):
-        return params._layout(spec)[:3]
+        return params._layout(spec, packed=False)[:3]
     if not isinstance(params, Mapping):
         raise DTypeError(f"params must be a mapping of name to array, got {type(params).__name__}")
     rows = spec.param_rows()
@@ -126,7 +126,8 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
     for key, value in params.items():
         m = _KEY.fullmatch(key) if isinstance(key, str) else None
         if m is None or m.group(1) not in known:
-            shown = repr(key) if len(repr(key)) <= 80 else repr(key)[:60] + f"... ({len(key)} chars)"
+            r = repr(key)
+            shown = r if len(r) <= 80 else r[:60] + f"... ({len(r)} characters)"
             raise ParameterError(
                 f"params has unknown key {shown} for cell {spec.name!r}; expected keys like "
                 f"{sorted(known)} + '_l<k>' [+ '_reverse']"
@@ -199,7 +200,7 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
         raise ParameterError("params['weight_ih_l0'] is missing or not 2-D [G*hidden_size, input_size]")
     I = w_ih0.shape[1]
     if w_ih0.shape[0] != G * H:
-        hint = (" (it looks transposed: PyTorch stores weight_ih as [G*hidden_size, input_size])"
+        hint = ("; is it transposed? PyTorch stores weight_ih as [G*hidden_size, input_size]"
                 if w_ih0.shape[1] == G * H else "")
         raise ParameterError(
             f"params['weight_ih_l0'] is {list(w_ih0.shape)}, expected [{G * H}, input_size] "
@@ -320,7 +321,8 @@ class PreparedParams(Mapping):
         # kernels read the writeable originals: no read-only Numba specializations)
         self._views = {key: np.frombuffer(memoryview(a).toreadonly(), dtype=a.dtype)
                        .reshape(a.shape) for key, a in arrays.items()}
-        self._layouts: dict[tuple, tuple] = {}
+        self._layouts: dict[tuple, tuple] = {}  # with transposes (inference)
+        self._checked: dict[tuple, tuple] = {}  # (dims, dtype, layers) only
         self._lock = threading.Lock()
 
     def __getitem__(self, key):
@@ -339,13 +341,26 @@ class PreparedParams(Mapping):
     def __reduce__(self):  # pickle / copy: the arrays; layouts are rebuilt at first use
         return prepare, ({k: a for k, a in self._arrays.items()},)
 
-    def _layout(self, spec: CellSpec):
+    def _layout(self, spec: CellSpec, packed: bool = True):
         """``(dims, dtype, layers, packed)`` for ``spec``, checked and built once per cell.
 
         ``layers[k][d][prefix]`` are the owned arrays; ``packed[k][d]`` maps ``wihc`` [in,
         G*H], ``w1c`` [Hr, G1*H], ``w2c`` [H, G2*H] (two-stage cells) and ``whrc`` [H, P]
-        (projection) to C-contiguous transposes. Raises what :func:`parse_params` raises.
+        (projection) to C-contiguous transposes, built on the first call that asks for them
+        (``packed``: inference; a set only ever used for training holds none). Raises what
+        :func:`parse_params` raises.
         """
+        if not packed:
+            key = (spec.key, spec.num_gates, spec.g1, spec.two_stage, spec.supports_projection,
+                   tuple(spec.extra_params))
+            hit = self._layouts.get(key)
+            if hit is not None:
+                return hit
+            with self._lock:
+                checked = self._checked.get(key)
+                if checked is None:
+                    checked = self._checked[key] = parse_params(spec, self._arrays)
+            return (*checked, None)
         # what the layout depends on (not the rules: spec.fingerprint() hashes their source,
         # 3 ms per call)
         key = (spec.key, spec.num_gates, spec.g1, spec.two_stage, spec.supports_projection,
@@ -356,7 +371,10 @@ class PreparedParams(Mapping):
         with self._lock:
             hit = self._layouts.get(key)
             if hit is None:
-                dims, dtype, layers = parse_params(spec, self._arrays)
+                checked = self._checked.get(key)
+                if checked is None:
+                    checked = self._checked[key] = parse_params(spec, self._arrays)
+                dims, dtype, layers = checked
                 G1H = spec.g1 * dims.hidden_size
                 packed = []
                 for per_dir in layers:

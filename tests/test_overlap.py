@@ -275,46 +275,107 @@ def test_concurrent_callers_restore_their_cpu_sets(rng):
     assert overlap._active == 0
 
 
-def test_ctrl_c_during_a_call_is_delivered_after_it(rng):
-    """SIGINT in the middle of an overlapped call: the call finishes cleanly (no lock held,
-    no worker left writing, CPU set restored), then KeyboardInterrupt is raised."""
+def _sigint_after_chunk(c_fire):
+    """A produce that sends SIGINT to this process after chunk c_fire, and a log."""
     import os
     import signal
 
+    log = []
+
+    def produce(k0, k1):
+        log.append(("p", k0))
+        if k0 == c_fire:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    return log, produce
+
+
+@pytest.fixture
+def main_thread_only():
     if threading.current_thread() is not threading.main_thread():
         pytest.skip("signals need the main thread")
-    p = gatecore.init_params("lstm", 8, 16, dtype=np.float64, seed=0)
-    x = rng.standard_normal((60, 4, 8))
-    want = gatecore.forward("lstm", x, p, training=False)[0].copy()
+
+
+def test_ctrl_c_stops_the_call_at_the_next_chunk_and_is_raised_after_cleanup(main_thread_only):
+    import os
+    import signal
+
+    bounds = overlap.chunk_bounds(80)
+    log, produce = _sigint_after_chunk(bounds[2])
+    consumed = []
     before = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-    ws = gatecore.Workspace()
-    fired = []
-    with products_path("overlap"):
-        real = overlap._Chunks._run
-
-        def run_then_signal(self, c):
-            real(self, c)
-            if c == 2 and not fired:
-                fired.append(1)
-                os.kill(os.getpid(), signal.SIGINT)
-
-        overlap._Chunks._run = run_then_signal
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                gatecore.forward("lstm", x, p, training=False, workspace=ws)
-        finally:
-            overlap._Chunks._run = real
-        got = gatecore.forward("lstm", x, p, training=False, workspace=ws)[0]
-    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)
-    assert fired
+    with pytest.raises(KeyboardInterrupt):
+        overlap.run_chunked(bounds, produce, lambda k0, k1: consumed.append(k0))
+    assert len(consumed) < len(bounds) - 1  # stopped early
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert overlap._active == 0
     if before is not None:
         assert os.sched_getaffinity(0) == before
-    assert overlap._active == 0
+    assert overlap._worker_pool().submit(lambda: 1).result(timeout=10) == 1  # no lock held
+
+
+def test_ctrl_c_with_a_custom_handler_lets_the_call_finish(main_thread_only, rng):
+    import signal
+
+    calls = []
+    old = signal.signal(signal.SIGINT, lambda s, f: calls.append(s))
+    try:
+        p = gatecore.init_params("lstm", 8, 16, dtype=np.float64, seed=0)
+        x = rng.standard_normal((60, 4, 8))
+        want = gatecore.forward("lstm", x, p, training=False)[0].copy()
+        with products_path("overlap"):
+            real = overlap._Chunks._run
+
+            def run_then_signal(self, c):
+                real(self, c)
+                if c == 2 and not calls:
+                    import os
+                    os.kill(os.getpid(), signal.SIGINT)
+
+            overlap._Chunks._run = run_then_signal
+            try:
+                got = gatecore.forward("lstm", x, p, training=False)[0]
+            finally:
+                overlap._Chunks._run = real
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-13)  # complete, not cut
+        assert calls == [signal.SIGINT]
+        assert signal.getsignal(signal.SIGINT) is not None
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def test_ctrl_c_pending_when_the_call_fails_is_not_lost(main_thread_only):
+    import os
+    import signal
+
+    bounds = overlap.chunk_bounds(80)
+
+    def produce(k0, k1):
+        if k0 == bounds[1]:
+            os.kill(os.getpid(), signal.SIGINT)
+            raise ValueError("chunk failed")
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        overlap.run_chunked(bounds, produce, lambda k0, k1: None)
+    assert isinstance(info.value.__context__, ValueError)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_hold_handler_left_installed_is_put_back(main_thread_only):
+    import signal
+
+    stale = overlap._DeferSigint()
+    stale.__enter__()  # as if a raising handler of another signal had cut __exit__ off
+    assert signal.getsignal(signal.SIGINT) == stale._hold
+    overlap.run_chunked(overlap.chunk_bounds(10), lambda a, b: None, lambda a, b: None)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
 
 
 @pytest.mark.parametrize("B, G, H, I, pays", [
     (8, 4, 64, 64, True),     # small: the time loop outlasts the worker's input product
     (1, 4, 128, 128, True),   # stream
+    (1, 4, 128, 256, False),  # measured 10-20% faster overlapped: the model is conservative
     (8, 4, 64, 128, False),   # measured 15% slower overlapped
     (4, 4, 64, 512, False),   # measured 1.9x slower overlapped
     (8, 3, 64, 192, False),

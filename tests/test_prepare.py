@@ -123,7 +123,7 @@ def test_a_training_tape_holds_no_array_of_the_prepared_set(rng):
 def test_bad_layer_numbers_and_a_transposed_weight_are_named():
     p = gatecore.init_params("lstm", 3, 4, seed=0)
     x = np.ones((2, 1, 3), np.float32)
-    with pytest.raises(gatecore.ParameterError, match=r"unknown key .*chars"):
+    with pytest.raises(gatecore.ParameterError, match=r"unknown key .*characters"):
         gatecore.lstm(x, {**p, "weight_ih_l" + "9" * 5000: p["weight_ih_l0"]})
     for odd in ("weight_ih_l0\n", "weight_ih_l\u0660"):
         q = {k: v for k, v in p.items() if k != "weight_ih_l0"}
@@ -132,3 +132,19 @@ def test_bad_layer_numbers_and_a_transposed_weight_are_named():
             gatecore.lstm(x, q)
     with pytest.raises(gatecore.ParameterError, match="transposed"):
         gatecore.lstm(x, {**p, "weight_ih_l0": p["weight_ih_l0"].T.copy()})
+
+
+def test_a_set_used_only_for_training_holds_no_transposes(rng):
+    q = gatecore.prepare(gatecore.init_params("gru", 3, 4, seed=0))
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    y, _, tape = gatecore.forward("gru", x, q)
+    gatecore.backward(tape, np.ones_like(y))
+    assert q._layouts == {}
+    gatecore.gru(x, q)
+    assert len(q._layouts) == 1
+
+
+def test_long_non_string_keys_are_reported():
+    p = gatecore.init_params("gru", 3, 4, seed=0)
+    with pytest.raises(gatecore.ParameterError):
+        gatecore.gru(np.ones((2, 1, 3), np.float32), {**p, 10 ** 100: p["weight_ih_l0"]})
