@@ -300,6 +300,24 @@ def _transposed(a: np.ndarray) -> np.ndarray:
     return out
 
 
+def _transposes(spec: CellSpec, dims: Dims, dtype, layers) -> list[list[dict]]:
+    """Per layer and direction, the C-contiguous transposed weights the CPU kernels read."""
+    G1H = spec.g1 * dims.hidden_size
+    packed = []
+    for per_dir in layers:
+        row = []
+        for group in per_dir:
+            whh = group["weight_hh"]
+            t = {"wihc": _transposed(group["weight_ih"]), "w1c": _transposed(whh[:G1H])}
+            if spec.two_stage:
+                t["w2c"] = _transposed(whh[G1H:])
+            if dims.proj_size:
+                t["whrc"] = _transposed(group["weight_hr"])
+            row.append(t)
+        packed.append(row)
+    return packed
+
+
 class PreparedParams(Mapping):
     """A parameter set checked, copied and laid out once, made by :func:`prepare`.
 
@@ -347,20 +365,9 @@ class PreparedParams(Mapping):
         ``layers[k][d][prefix]`` are the owned arrays; ``packed[k][d]`` maps ``wihc`` [in,
         G*H], ``w1c`` [Hr, G1*H], ``w2c`` [H, G2*H] (two-stage cells) and ``whrc`` [H, P]
         (projection) to C-contiguous transposes, built on the first call that asks for them
-        (``packed``: inference; a set only ever used for training holds none). Raises what
-        :func:`parse_params` raises.
+        (``packed``: inference; a set only ever used for training holds none, and gets None).
+        Raises what :func:`parse_params` raises.
         """
-        if not packed:
-            key = (spec.key, spec.num_gates, spec.g1, spec.two_stage, spec.supports_projection,
-                   tuple(spec.extra_params))
-            hit = self._layouts.get(key)
-            if hit is not None:
-                return hit
-            with self._lock:
-                checked = self._checked.get(key)
-                if checked is None:
-                    checked = self._checked[key] = parse_params(spec, self._arrays)
-            return (*checked, None)
         # what the layout depends on (not the rules: spec.fingerprint() hashes their source,
         # 3 ms per call)
         key = (spec.key, spec.num_gates, spec.g1, spec.two_stage, spec.supports_projection,
@@ -369,27 +376,14 @@ class PreparedParams(Mapping):
         if hit is not None:
             return hit
         with self._lock:
+            checked = self._checked.get(key)
+            if checked is None:
+                checked = self._checked[key] = parse_params(spec, self._arrays)
+            if not packed:
+                return (*checked, None)
             hit = self._layouts.get(key)
             if hit is None:
-                checked = self._checked.get(key)
-                if checked is None:
-                    checked = self._checked[key] = parse_params(spec, self._arrays)
-                dims, dtype, layers = checked
-                G1H = spec.g1 * dims.hidden_size
-                packed = []
-                for per_dir in layers:
-                    row = []
-                    for group in per_dir:
-                        whh = group["weight_hh"]
-                        t = {"wihc": _transposed(group["weight_ih"]),
-                             "w1c": _transposed(whh[:G1H])}
-                        if spec.two_stage:
-                            t["w2c"] = _transposed(whh[G1H:])
-                        if dims.proj_size:
-                            t["whrc"] = _transposed(group["weight_hr"])
-                        row.append(t)
-                    packed.append(row)
-                hit = self._layouts[key] = (dims, dtype, layers, packed)
+                hit = self._layouts[key] = (*checked, _transposes(spec, *checked))
         return hit
 
 
