@@ -190,15 +190,15 @@ def _usable_as_is(arr, dtype) -> bool:
     return arr.dtype == dtype and f.c_contiguous and f.aligned and f.writeable
 
 
-def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, keep, owned=False):
+def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, keep):
     """Stage x, the initial states and the parameters in the workspace (no allocation).
 
     x is stored time-major with padded steps zeroed (for the weight gradients). With ``keep``
     (training) the parameters are copied so that the tape never depends on the caller's
     arrays (changing them before ``backward`` is safe); without, the caller's C-contiguous
     arrays of the right dtype are read in place (never written) and only the others are
-    copied (x too, with one direction). ``owned``: the parameters are gatecore's own copies
-    (prepared parameters, which nobody else can change) and are read in place in both modes.
+    copied (x too, with one direction; prepared parameters, gatecore's own C-contiguous
+    copies, are always read in place this way).
     """
     T, B, I = xa.shape
     L, D, Hr, H = dims.num_layers, dims.num_directions, dims.hr, dims.hidden_size
@@ -222,8 +222,6 @@ def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, ke
         else:
             np.copyto(buf, value)
         state0.append(buf)
-    if owned:
-        return x0, tuple(state0), layers
     staged = []
     for k, per_dir in enumerate(layers):
         row = []
@@ -273,7 +271,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     gen = ws._begin(T, B)
     keep = bool(training)
     x, state0, layers = _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype,
-                                      keep, owned=packed is not None)
+                                      keep)
 
     zeros_bias = ws.get("zero_bias", dtype, lambda T_, B_: (GH,), zero=True)
     no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))

@@ -34,6 +34,8 @@ __all__ = ["enabled", "chunk_bounds", "run_chunked"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
+_active = 0  # calls of run_chunked in flight (several threads may call at once)
+_active_lock = threading.Lock()
 
 
 def _reset_after_fork() -> None:
@@ -120,8 +122,8 @@ def _cpus() -> int:
 
 #: thread-count variables that, set to 1, ask libraries for one thread (dask's workers and
 #: many job schedulers set them): gatecore then runs no second thread either
-_ONE_THREAD_VARS = ("GATECORE_OVERLAP", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
-                    "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+_ONE_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                    "NUMBA_NUM_THREADS")
 
 
 def enabled() -> bool:
@@ -131,7 +133,7 @@ def enabled() -> bool:
     env = os.environ
     if env.get("GATECORE_OVERLAP", "").strip().lower() in ("0", "false", "no", "off"):
         return False
-    if any(env.get(v, "").strip() == "1" for v in _ONE_THREAD_VARS[1:]):
+    if any(env.get(v, "").strip() == "1" for v in _ONE_THREAD_VARS):
         return False
     return _cpus() >= 2
 
@@ -199,10 +201,6 @@ class _Chunks:
                     self.cond.wait()
         if self.error is not None:
             raise self.error
-
-
-_active = 0  # calls of run_chunked in flight (several threads may call at once)
-_active_lock = threading.Lock()
 
 
 def _wait_uninterrupted(future) -> None:
