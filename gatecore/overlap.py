@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - not CPython
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
-__all__ = ["enabled", "chunk_bounds", "run_chunked"]
+__all__ = ["enabled", "chunk_bounds", "run_chunked", "run_team"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -319,3 +319,61 @@ def _run_chunked(bounds: list[int], produce, consume, interrupted) -> None:
                         _active -= 1
     if table.error is not None:
         raise table.error
+
+
+def _team_task(worker, args, cpus):
+    if cpus is not None:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass
+    return worker(*args)
+
+
+def run_team(worker, args, flags, body) -> None:
+    """Run ``body()`` here while ``worker(*args)`` serves it on the worker thread.
+
+    For products shared by two threads (``gatecore.kernels.packed``): the worker spins on
+    ``flags`` (an int64 array of ``packed.FLAGS`` elements, zeroed here) and computes its
+    half of each product that ``body`` posts, until flags[STOP] is set, which this function
+    does once ``body`` has returned or raised, and it waits for the worker to return before
+    it returns. ``body`` never depends on the worker: a half the worker has not claimed is
+    computed by this thread. So a call that is not alone in flight, with overlapping
+    disabled (``enabled``), or at interpreter shutdown simply runs ``body`` alone. A call
+    alone in flight pins this thread and the worker to different CPUs (``_pin_caller``).
+    Ctrl-C in the main thread is held back until the worker has stopped (``_DeferSigint``).
+    """
+    from .kernels.packed import STOP
+    global _active
+    flags[:] = 0
+    with _DeferSigint():
+        pinned = None
+        future = None
+        counted = False
+        try:
+            if enabled():
+                with _active_lock:
+                    _active += 1
+                    counted = True
+                    alone = _active == 1
+                if alone:
+                    pinned = _pin_caller()
+                    try:
+                        future = _worker_pool().submit(_team_task, worker, args,
+                                                       pinned[1] if pinned else None)
+                    except RuntimeError:  # interpreter shutting down: body alone
+                        future = None
+            body()
+        finally:
+            try:
+                if future is not None:
+                    flags[STOP] = 1
+                    if not future.cancel():
+                        _wait_uninterrupted(future)
+            finally:
+                try:
+                    _unpin(pinned)
+                finally:
+                    if counted:
+                        with _active_lock:
+                            _active -= 1

@@ -43,23 +43,32 @@ def products_path(path):
     blas     BLAS per step inside the kernels (Numba's np.dot)
     numpy    NumPy's BLAS per step between one-step kernel calls (one-stage cells without
              projection; the others fall back to blas)
+    team     float32 inference of one-stage cells without projection: packed products on
+             two threads (gatecore.kernels.packed); the rest (training, float64, other
+             cells) falls back to blas
     """
     from gatecore import network, overlap
 
-    saved = network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS
+    saved = (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
+             network.TEAM_MACS)
     saved_enabled, saved_pays = overlap.enabled, network.overlap_pays
+    network.TEAM_MACS = 1 << 62
     if path == "overlap":
         network.OVERLAP_MACS = 0
         overlap.enabled = lambda: True
         network.overlap_pays = lambda *a: True
     else:
         network.OVERLAP_MACS = 1 << 62
-    if path in ("blas", "numpy"):
+    if path in ("blas", "numpy", "team"):
         network.OWN_PRODUCT_MACS = 0
         network.EXT_PRODUCT_MACS = 0 if path == "numpy" else 1 << 62
+    if path == "team":
+        network.TEAM_MACS = 0
+        overlap.enabled = lambda: True
     try:
         yield
     finally:
-        network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS = saved
+        (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
+         network.TEAM_MACS) = saved
         overlap.enabled = saved_enabled
         network.overlap_pays = saved_pays

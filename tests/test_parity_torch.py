@@ -38,8 +38,9 @@ def configs(draw):
         seed=draw(st.integers(0, 2**31 - 1)),
         # per-step products: the kernels' own loop (small steps), the same with the input
         # product on a second thread (gatecore.overlap), BLAS inside the kernels, or NumPy's
-        # BLAS between one-step kernel calls (large steps of one-stage cells)
-        products=draw(st.sampled_from(["own", "overlap", "blas", "numpy"])),
+        # BLAS between one-step kernel calls (large steps of one-stage cells), or packed
+        # products on two threads (float32 inference of one-stage cells)
+        products=draw(st.sampled_from(["own", "overlap", "blas", "numpy", "team"])),
     )
 
 
@@ -69,7 +70,7 @@ def _case(cfg):
     return m, params, x, lengths, state0, dy, dstate_n
 
 
-@settings(max_examples=60)
+@settings(max_examples=75)
 @given(cfg=configs())
 def test_matches_torch(cfg):
     m, params, x, lengths, state0, dy, dstate_n = _case(cfg)

@@ -40,9 +40,12 @@ from ..cells.spec import CellSpec, _global_names
 __all__ = ["cpu_kernels", "inline_rule", "load_generated"]
 
 _lock = threading.RLock()
-# part of every generated file's name: a new Numba or new float32 activations mean new files
+# part of every generated file's name: a new Numba, new float32 activations or new packed
+# products (called by the kernels; Numba's cache does not track callees in other files) mean
+# new files
 _ENV_KEY = numba.__version__ + "".join(
-    inspect.getsource(fn.py_func) for fn in FLOAT32_VERSIONS.values())
+    inspect.getsource(fn.py_func) for fn in FLOAT32_VERSIONS.values()) + (
+    resources.files("gatecore.kernels").joinpath("packed.py").read_text())
 _cache: dict[tuple[str, str], types.ModuleType] = {}
 # fast path for repeated calls: (id(spec), dtype) -> (weak ref to spec, module); weak, so that
 # specs built on the fly by a cell's configure() can be dropped (the ref check guards id reuse)
@@ -55,7 +58,9 @@ def _template() -> str:
     return resources.files("gatecore.kernels").joinpath("cpu_kernels.py.in").read_text()
 
 
-def _specialise(src: str, two_stage: bool) -> str:
+def _specialise(src: str, two_stage: bool, float32: bool = False) -> str:
+    """Keep the template's "#1 " lines (one-stage cells), "#2 " lines (two-stage cells) and
+    "#f " lines (float32 modules: the packed products) that apply, without the prefix."""
     out = []
     for line in src.splitlines():
         if line.startswith("#1 "):
@@ -63,6 +68,9 @@ def _specialise(src: str, two_stage: bool) -> str:
                 out.append(line[3:])
         elif line.startswith("#2 "):
             if two_stage:
+                out.append(line[3:])
+        elif line.startswith("#f "):
+            if float32:
                 out.append(line[3:])
         else:
             out.append(line)
@@ -163,7 +171,7 @@ def _build(spec: CellSpec, dname: str, fp: str) -> types.ModuleType:
         f"AXB = {_reads_first_argument(spec.backward) or _reads_first_argument(spec.backward_stage2)}\n"
         f"DTYPE = {dname!r}\nCACHE = {cache}\n\n"
     )
-    src = header + _specialise(_template(), spec.two_stage)
+    src = header + _specialise(_template(), spec.two_stage, dname == "float32")
     return load_generated(f"cpu_{spec.name}_{spec.variant or 'base'}_{dname}", src, fp, dict(
         _fwd1=inline_rule(spec.forward_stage1, dname),
         _fwd=inline_rule(spec.forward, dname),

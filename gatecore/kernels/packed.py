@@ -1,0 +1,507 @@
+"""Register-blocked float32 matrix products over pre-packed weights, on one or two threads.
+
+``C[M, N] = A[M, K] @ W`` where W is stored as column panels of 16: ``bp[p, k, j] =
+W[k, 16 p + j]`` (zero past N). The micro-kernel keeps a 6 x 16 block of C in twelve 8-wide
+vector registers and adds one rank-1 update per k (two vector loads of the panel, six
+broadcasts of A, twelve fused multiply-adds), the blocking of Goto and van de Geijn,
+"Anatomy of high-performance matrix multiplication" (ACM TOMS 34(3), 2008). Numba cannot
+express vector registers, so the kernels use a small vector type (``Vec8f``, LLVM's
+``<8 x float>``) with load, broadcast, FMA and store intrinsics written with llvmlite; LLVM
+maps them to AVX2/FMA where the CPU has them and splits them into narrower instructions
+elsewhere (the results do not depend on that: every element is the same chain of FMAs over
+k = 0 .. K-1).
+
+Why: the recurrent product of a step, ``h_{t-1} @ W_hh^T``, reuses the same weights T times.
+OpenBLAS re-packs them on every call (16x1024 @ 1024x4096: 86 GFLOP/s on two cores), while
+packed once these kernels reach about 90-95 GFLOP/s on one core of the 2-core EPYC and
+119-126 on two (64x320 @ 320x1280, 64x512 @ 512x2048; 88 at 16x1024 @ 1024x4096, which
+streams 16 MB of weights per step), against 100-115 for OpenBLAS.
+
+Two threads share a product by column panels (``team_step`` on the caller, ``team_worker``
+on a second thread, see ``gatecore.overlap.team``). They meet through an int64 ``flags``
+array with atomic loads, stores and compare-and-swap, spinning (a step lasts 0.1-2 ms, a
+thread wake-up 50 us): per product (sequence number s) the caller posts s, computes its
+panels, then claims the worker's panels unless the worker has claimed them already, so a
+worker that is not running (busy core, no worker at all) never stalls the caller.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+from .. import config
+
+__all__ = ["pack_rows", "pack_cols", "pgemm", "team_step", "team_worker", "FLAGS",
+           "packed_size", "usable"]
+
+CACHE = config.use_disk_cache()
+NR = 16  # panel width (two vectors of 8)
+MR = 6  # rows of C per micro-kernel call
+
+#: slots of the flags array (int64): POSTED (caller: sequence number of the posted product),
+#: CLAIM (the sequence number whose second half somebody took), DONE (worker: last finished),
+#: STOP (caller: the worker returns), AOFF (offset of the posted product's A in the worker's
+#: base array). Each on its own 64-byte line.
+POSTED, CLAIM, DONE, STOP, AOFF = 0, 8, 16, 24, 32
+FLAGS = 40
+
+_VT = ir.VectorType(ir.FloatType(), 8)
+_I32 = ir.IntType(32)
+_PAUSE = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+
+
+class Vec8f(types.Type):
+    """Eight float32 in one vector register (LLVM ``<8 x float>``)."""
+
+    def __init__(self):
+        super().__init__(name="Vec8f")
+
+
+vec8f = Vec8f()
+
+
+@register_model(Vec8f)
+class _Vec8Model(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        super().__init__(dmm, fe_type, _VT)
+
+
+def _elem_ptr(context, builder, aryty, ary, idx):
+    """Pointer to element ``idx`` of ``ary`` counted from its data pointer (C order)."""
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.gep(data, [idx])
+
+
+@intrinsic
+def _vload(typingctx, arr, idx):
+    sig = vec8f(arr, types.intp)
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load(builder.bitcast(p, ir.PointerType(_VT)), align=4)
+    return sig, codegen
+
+
+@intrinsic
+def _vstore(typingctx, arr, idx, v):
+    sig = types.void(arr, types.intp, vec8f)
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, ir.PointerType(_VT)), align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _vbload(typingctx, arr, idx):
+    """Element ``idx`` of ``arr`` broadcast to all eight lanes."""
+    sig = vec8f(arr, types.intp)
+
+    def codegen(context, builder, sig, args):
+        x = builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        v = builder.insert_element(ir.Constant(_VT, ir.Undefined), x, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(_VT, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
+    return sig, codegen
+
+
+@intrinsic
+def _fstore(typingctx, arr, idx, x):
+    """arr.flat[idx] = x, counted from the data pointer (any number of dimensions)."""
+    sig = types.void(arr, types.intp, types.float32)
+
+    def codegen(context, builder, sig, args):
+        builder.store(args[2], _elem_ptr(context, builder, sig.args[0], args[0], args[1]),
+                      align=4)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _fload(typingctx, arr, idx):
+    """arr.flat[idx], counted from the data pointer (any number of dimensions)."""
+    sig = types.float32(arr, types.intp)
+
+    def codegen(context, builder, sig, args):
+        return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
+                            align=4)
+    return sig, codegen
+
+
+@intrinsic
+def _vzero(typingctx):
+    sig = vec8f()
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(_VT, [0.0] * 8)
+    return sig, codegen
+
+
+@intrinsic
+def _vfma(typingctx, a, b, c):
+    """a * b + c, rounded once (llvm.fma)."""
+    sig = vec8f(vec8f, vec8f, vec8f)
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT] * 3),
+                                            "llvm.fma.v8f32")
+        return builder.call(fn, args)
+    return sig, codegen
+
+
+@intrinsic
+def _aload(typingctx, arr, idx):
+    sig = types.int64(arr, types.intp)
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        return builder.load_atomic(p, "acquire", 8)
+    return sig, codegen
+
+
+@intrinsic
+def _astore(typingctx, arr, idx, v):
+    sig = types.void(arr, types.intp, types.int64)
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store_atomic(args[2], p, "release", 8)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _acas(typingctx, arr, idx, old, new):
+    """Atomically replace ``arr[idx] == old`` by ``new``; whether it did."""
+    sig = types.boolean(arr, types.intp, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        res = builder.cmpxchg(p, args[2], args[3], "acq_rel", "acquire")
+        return builder.extract_value(res, 1)
+    return sig, codegen
+
+
+@intrinsic
+def _pause(typingctx):
+    """The spin-wait hint (x86 ``pause``); nothing elsewhere."""
+    sig = types.void()
+
+    def codegen(context, builder, sig, args):
+        if _PAUSE:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _k6(a, ao, lda, bp, bo, c, co, ldc, K, acc):
+    """C block [6, 16] at c[co] (rows ldc apart) = (C if acc, else 0) + A @ panel, where the
+    A rows start at a[ao] (lda apart) and the panel slice at bp[bo] (16 per k)."""
+    c00 = _vzero()
+    c01 = _vzero()
+    c10 = _vzero()
+    c11 = _vzero()
+    c20 = _vzero()
+    c21 = _vzero()
+    c30 = _vzero()
+    c31 = _vzero()
+    c40 = _vzero()
+    c41 = _vzero()
+    c50 = _vzero()
+    c51 = _vzero()
+    if acc:
+        c00 = _vload(c, co)
+        c01 = _vload(c, co + 8)
+        c10 = _vload(c, co + ldc)
+        c11 = _vload(c, co + ldc + 8)
+        c20 = _vload(c, co + 2 * ldc)
+        c21 = _vload(c, co + 2 * ldc + 8)
+        c30 = _vload(c, co + 3 * ldc)
+        c31 = _vload(c, co + 3 * ldc + 8)
+        c40 = _vload(c, co + 4 * ldc)
+        c41 = _vload(c, co + 4 * ldc + 8)
+        c50 = _vload(c, co + 5 * ldc)
+        c51 = _vload(c, co + 5 * ldc + 8)
+    a1 = ao + lda
+    a2 = a1 + lda
+    a3 = a2 + lda
+    a4 = a3 + lda
+    a5 = a4 + lda
+    for k in range(K):
+        b0 = _vload(bp, bo + NR * k)
+        b1 = _vload(bp, bo + NR * k + 8)
+        x = _vbload(a, ao + k)
+        c00 = _vfma(x, b0, c00)
+        c01 = _vfma(x, b1, c01)
+        x = _vbload(a, a1 + k)
+        c10 = _vfma(x, b0, c10)
+        c11 = _vfma(x, b1, c11)
+        x = _vbload(a, a2 + k)
+        c20 = _vfma(x, b0, c20)
+        c21 = _vfma(x, b1, c21)
+        x = _vbload(a, a3 + k)
+        c30 = _vfma(x, b0, c30)
+        c31 = _vfma(x, b1, c31)
+        x = _vbload(a, a4 + k)
+        c40 = _vfma(x, b0, c40)
+        c41 = _vfma(x, b1, c41)
+        x = _vbload(a, a5 + k)
+        c50 = _vfma(x, b0, c50)
+        c51 = _vfma(x, b1, c51)
+    _vstore(c, co, c00)
+    _vstore(c, co + 8, c01)
+    _vstore(c, co + ldc, c10)
+    _vstore(c, co + ldc + 8, c11)
+    _vstore(c, co + 2 * ldc, c20)
+    _vstore(c, co + 2 * ldc + 8, c21)
+    _vstore(c, co + 3 * ldc, c30)
+    _vstore(c, co + 3 * ldc + 8, c31)
+    _vstore(c, co + 4 * ldc, c40)
+    _vstore(c, co + 4 * ldc + 8, c41)
+    _vstore(c, co + 5 * ldc, c50)
+    _vstore(c, co + 5 * ldc + 8, c51)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _k4(a, ao, lda, bp, bo, c, co, ldc, K, acc, r):
+    """Rows 0 .. r-1 (r <= 4) of a [4, 16] block as in _k6 (rows past r repeat row r-1 and
+    are not stored)."""
+    l1 = lda if r > 1 else 0
+    l2 = 2 * lda if r > 2 else l1
+    l3 = 3 * lda if r > 3 else l2
+    c00 = _vzero()
+    c01 = _vzero()
+    c10 = _vzero()
+    c11 = _vzero()
+    c20 = _vzero()
+    c21 = _vzero()
+    c30 = _vzero()
+    c31 = _vzero()
+    if acc:
+        c00 = _vload(c, co)
+        c01 = _vload(c, co + 8)
+        if r > 1:
+            c10 = _vload(c, co + ldc)
+            c11 = _vload(c, co + ldc + 8)
+        if r > 2:
+            c20 = _vload(c, co + 2 * ldc)
+            c21 = _vload(c, co + 2 * ldc + 8)
+        if r > 3:
+            c30 = _vload(c, co + 3 * ldc)
+            c31 = _vload(c, co + 3 * ldc + 8)
+    a1 = ao + l1
+    a2 = ao + l2
+    a3 = ao + l3
+    for k in range(K):
+        b0 = _vload(bp, bo + NR * k)
+        b1 = _vload(bp, bo + NR * k + 8)
+        x = _vbload(a, ao + k)
+        c00 = _vfma(x, b0, c00)
+        c01 = _vfma(x, b1, c01)
+        x = _vbload(a, a1 + k)
+        c10 = _vfma(x, b0, c10)
+        c11 = _vfma(x, b1, c11)
+        x = _vbload(a, a2 + k)
+        c20 = _vfma(x, b0, c20)
+        c21 = _vfma(x, b1, c21)
+        x = _vbload(a, a3 + k)
+        c30 = _vfma(x, b0, c30)
+        c31 = _vfma(x, b1, c31)
+    _vstore(c, co, c00)
+    _vstore(c, co + 8, c01)
+    if r > 1:
+        _vstore(c, co + ldc, c10)
+        _vstore(c, co + ldc + 8, c11)
+    if r > 2:
+        _vstore(c, co + 2 * ldc, c20)
+        _vstore(c, co + 2 * ldc + 8, c21)
+    if r > 3:
+        _vstore(c, co + 3 * ldc, c30)
+        _vstore(c, co + 3 * ldc + 8, c31)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _k1(a, ao, bp, bo, c, co, K, acc):
+    """One row: c[co:co+16] = (c if acc, else 0) + A row @ panel slice."""
+    c0 = _vzero()
+    c1 = _vzero()
+    if acc:
+        c0 = _vload(c, co)
+        c1 = _vload(c, co + 8)
+    for k in range(K):
+        x = _vbload(a, ao + k)
+        c0 = _vfma(x, _vload(bp, bo + NR * k), c0)
+        c1 = _vfma(x, _vload(bp, bo + NR * k + 8), c1)
+    _vstore(c, co, c0)
+    _vstore(c, co + 8, c1)
+
+
+@njit(cache=CACHE, nogil=True)
+def _block(a, ao, K, bp, bo, c, N, i, r, j0, nj, kk, acc, tile):
+    """Rows i .. i+r-1 (r = 6, 1 .. 4) of C, columns j0 .. j0+nj-1 (one panel), over kk k's."""
+    if nj == NR:
+        if r == MR:
+            _k6(a, ao, K, bp, bo, c, i * N + j0, N, kk, acc)
+        elif r == 1:
+            _k1(a, ao, bp, bo, c, i * N + j0, kk, acc)
+        else:
+            _k4(a, ao, K, bp, bo, c, i * N + j0, N, kk, acc, r)
+        return
+    # last panel of a width that is not a multiple of 16: through the tile
+    if acc:
+        for q in range(r):
+            for j in range(nj):
+                tile[q * NR + j] = _fload(c, (i + q) * N + j0 + j)
+    if r == MR:
+        _k6(a, ao, K, bp, bo, tile, 0, NR, kk, acc)
+    elif r == 1:
+        _k1(a, ao, bp, bo, tile, 0, kk, acc)
+    else:
+        _k4(a, ao, K, bp, bo, tile, 0, NR, kk, acc, r)
+    for q in range(r):
+        for j in range(nj):
+            _fstore(c, (i + q) * N + j0 + j, tile[q * NR + j])
+
+
+@njit(cache=CACHE, nogil=True)
+def pgemm(a, ao, bp, c, M, K, N, p0, p1, tile, kcmax=1024, afloats=98304):
+    """c[:M, 16 p0 : min(N, 16 p1)] = A @ W for packed W (``pack_rows``/``pack_cols``).
+
+    A [M, K] starts at element ``ao`` of ``a``; ``a`` and ``c`` [M, N] float32, C-contiguous
+    (any number of dimensions: elements are counted from the data pointer); ``bp`` the
+    packed panels; ``tile`` a float32 scratch of at least 6 * 16 elements (for the last
+    panel when N is not a multiple of 16).
+    Blocking: a product of many rows runs over slices of at most 512 k (each panel slice,
+    16 x 512 floats, stays in L1/L2 across a block of rows, C accumulates over the slices)
+    and blocks of rows holding about 384 KiB of A (in L2 across all panels); a per-step
+    product (at most 96 rows) is one block over all k.
+    """
+    kc = K
+    if M > 96 and K > kcmax:
+        kc = -(-K // -(-K // kcmax))
+    mc = max(MR, (afloats // max(kc, 1)) // MR * MR)
+    k0 = 0
+    while True:  # at least once: K = 0 gives zeros
+        kk = min(kc, K - k0)
+        acc = k0 > 0
+        for i0 in range(0, M, mc):
+            i1 = min(M, i0 + mc)
+            for p in range(p0, p1):
+                bo = p * K * NR + k0 * NR
+                j0 = p * NR
+                nj = min(NR, N - j0)
+                i = i0
+                if nj == NR:
+                    while i + MR <= i1:
+                        _k6(a, ao + i * K + k0, K, bp, bo, c, i * N + j0, N, kk, acc)
+                        i += MR
+                while i + MR <= i1:
+                    _block(a, ao + i * K + k0, K, bp, bo, c, N, i, MR, j0, nj, kk, acc, tile)
+                    i += MR
+                while i < i1:  # 1 .. 5 rows left: blocks of at most 4
+                    r = min(4, i1 - i)
+                    _block(a, ao + i * K + k0, K, bp, bo, c, N, i, r, j0, nj, kk, acc, tile)
+                    i += r
+        k0 += kc
+        if k0 >= K:
+            break
+
+
+def packed_size(K: int, N: int) -> int:
+    """Elements of the packed form of a K x N matrix (N rounded up to 16)."""
+    return -(-N // NR) * NR * K
+
+
+@njit(cache=CACHE, nogil=True)
+def pack_rows(w, row0, n, bp):
+    """bp = packed (w[row0:row0+n, :].T): panels of 16 rows of ``w`` [*, K] (weight_hh's
+    layout, C-contiguous), zero past n. ``bp`` flat, ``packed_size(K, n)`` elements."""
+    K = w.shape[1]
+    P = -(-n // NR)
+    for p in range(P):
+        base = p * K * NR
+        for j in range(NR):
+            r = p * NR + j
+            if r < n:
+                src = w[row0 + r]
+                for k in range(K):
+                    bp[base + k * NR + j] = src[k]
+            else:
+                for k in range(K):
+                    bp[base + k * NR + j] = 0.0
+
+
+@njit(cache=CACHE, nogil=True)
+def pack_cols(w, bp):
+    """bp = packed (w): panels of 16 columns of ``w`` [K, N] (C-contiguous), zero past N."""
+    K, N = w.shape
+    P = -(-N // NR)
+    for p in range(P):
+        base = p * K * NR
+        j0 = p * NR
+        nj = min(NR, N - j0)
+        for k in range(K):
+            row = w[k]
+            o = base + k * NR
+            for j in range(nj):
+                bp[o + j] = row[j0 + j]
+            for j in range(nj, NR):
+                bp[o + j] = 0.0
+
+
+@njit(cache=CACHE, nogil=True)
+def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile):
+    """Product number ``seq`` (1, 2, ...) of a team: c = A @ W, the caller's side.
+
+    A [M, K] starts at element ``aoff`` of ``abase`` (the worker's base array too). This
+    thread computes panels [0, split); panels [split, P) are the worker's unless it has not
+    claimed them when this thread is done, then this thread computes them too.
+    """
+    P = -(-N // NR)
+    flags[AOFF] = aoff
+    _astore(flags, POSTED, seq)
+    pgemm(abase, aoff, bp, c, M, K, N, 0, split, tile)
+    if split < P:
+        if _acas(flags, CLAIM, seq - 1, seq):
+            pgemm(abase, aoff, bp, c, M, K, N, split, P, tile)
+        else:
+            while _aload(flags, DONE) != seq:
+                _pause()
+    else:
+        flags[CLAIM] = seq
+
+
+@njit(cache=CACHE, nogil=True)
+def team_worker(flags, abase, bp, c, M, K, N, split, tile):
+    """The worker's side of a team: until STOP, compute panels [split, P) of each posted
+    product it claims (A at ``abase`` + the posted offset). Returns the number computed."""
+    P = -(-N // NR)
+    last = 0
+    done = 0
+    while True:
+        s = _aload(flags, POSTED)
+        if s > last:
+            last = s
+            if _acas(flags, CLAIM, s - 1, s):
+                pgemm(abase, flags[AOFF], bp, c, M, K, N, split, P, tile)
+                _astore(flags, DONE, s)
+                done += 1
+        elif _aload(flags, STOP) != 0:
+            return done
+        else:
+            _pause()
+
+
+def usable(dtype) -> bool:
+    """Whether products of this dtype can use the packed kernels (float32 only)."""
+    return np.dtype(dtype) == np.float32

@@ -1,0 +1,162 @@
+"""The packed products (gatecore.kernels.packed) against float64 NumPy, alone and in teams."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gatecore
+from gatecore import network, overlap
+from gatecore.kernels import packed as kp
+from conftest import products_path
+
+
+def _packed(w):
+    """w [N, K] (weight_hh's layout) packed by rows."""
+    bp = np.empty(kp.packed_size(w.shape[1], w.shape[0]), np.float32)
+    kp.pack_rows(w, 0, w.shape[0], bp)
+    return bp
+
+
+def _check(c, a, w):
+    ref = a.astype(np.float64) @ w.T.astype(np.float64)
+    # float32 sums of K products: error about sqrt(K) ulps of the sum of |terms|
+    scale = np.abs(a).astype(np.float64) @ np.abs(w.T).astype(np.float64)
+    np.testing.assert_allclose(c, ref, rtol=0, atol=float(1e-6 * (scale.max(initial=0) + 1)))
+
+
+@settings(max_examples=60)
+@given(M=st.integers(0, 40), K=st.integers(0, 70), N=st.integers(1, 70),
+       seed=st.integers(0, 2**31 - 1))
+def test_pgemm_matches_numpy(M, K, N, seed):
+    """Every row remainder (blocks of 6, 4, 1), column tail (N not a multiple of 16), K = 0."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    c = np.full((M, N), np.nan, np.float32)
+    P = -(-N // kp.NR)
+    kp.pgemm(a, 0, _packed(w), c, M, K, N, 0, P, np.zeros(96, np.float32))
+    _check(c, a, w)
+
+
+@pytest.mark.parametrize("M, K, N", [(100, 1100, 40), (200, 2049, 17), (97, 513, 33)])
+def test_pgemm_blocks_long_sums(M, K, N):
+    """Many rows and K past 1024: slices of k accumulate into C (also through the tile)."""
+    rng = np.random.default_rng(M)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    c = np.full((M, N), np.nan, np.float32)
+    kp.pgemm(a, 0, _packed(w), c, M, K, N, 0, -(-N // 16), np.zeros(96, np.float32))
+    _check(c, a, w)
+
+
+def test_pgemm_offset_and_panel_range():
+    """A read from an offset of a larger array; only the requested panels are written."""
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((3, 7, 20)).astype(np.float32)
+    w = rng.standard_normal((40, 20)).astype(np.float32)
+    c = np.full((7, 40), np.nan, np.float32)
+    kp.pgemm(base, 2 * 7 * 20, _packed(w), c, 7, 20, 40, 1, 3, np.zeros(96, np.float32))
+    assert np.isnan(c[:, :16]).all()
+    _check(c[:, 16:], base[2], w[16:])
+
+
+def test_pack_cols_is_pack_rows_of_the_transpose():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((37, 21)).astype(np.float32)
+    a = np.empty(kp.packed_size(21, 37), np.float32)
+    b = np.empty_like(a)
+    kp.pack_rows(w, 0, 37, a)
+    kp.pack_cols(np.ascontiguousarray(w.T), b)
+    np.testing.assert_array_equal(a, b)
+    assert (a.reshape(3, 21, 16)[2, :, 5:] == 0).all()  # zero past N
+
+
+@pytest.mark.parametrize("with_worker", [True, False])
+def test_team_products_match_numpy(with_worker, monkeypatch):
+    """A team of many products: the same results whether the worker shares them or not."""
+    monkeypatch.setattr(overlap, "enabled", lambda: with_worker)
+    rng = np.random.default_rng(2)
+    M, K, N, T = 9, 33, 72, 50
+    a = rng.standard_normal((T, M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    bp = _packed(w)
+    c = np.zeros((T, M, N), np.float32)
+    out = np.zeros((M, N), np.float32)
+    flags = np.zeros(kp.FLAGS, np.int64)
+    tiles = np.zeros((2, 96), np.float32)
+    split = 2
+
+    def body():
+        for t in range(T):
+            kp.team_step(flags, t + 1, a, t * M * K, bp, out, M, K, N, split, tiles[0])
+            c[t] = out
+
+    overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, split, tiles[1]), flags,
+                     body)
+    for t in range(T):
+        _check(c[t], a[t], w)
+    assert flags[kp.STOP] == (1 if with_worker else 0)
+
+
+def test_team_stops_its_worker_when_the_body_raises():
+    """An error in the body stops the worker before run_team raises; the worker thread is
+    free for the next call."""
+    M, K, N = 4, 8, 32
+    a = np.ones((M, K), np.float32)
+    bp = _packed(np.ones((N, K), np.float32))
+    out = np.zeros((M, N), np.float32)
+    flags = np.zeros(kp.FLAGS, np.int64)
+    tiles = np.zeros((2, 96), np.float32)
+
+    def body():
+        kp.team_step(flags, 1, a, 0, bp, out, M, K, N, 1, tiles[0])
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, 1, tiles[1]), flags, body)
+    assert (out == K).all()
+    done = threading.Event()
+    overlap._worker_pool().submit(done.set)
+    assert done.wait(10)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_team_inference_matches_the_taped_forward(cell):
+    """Inference on the team path (packed products, two threads) against the taped forward
+    (BLAS) of the same call: two layers, both directions, lengths, prepared or plain."""
+    rng = np.random.default_rng(3)
+    p = gatecore.init_params(cell, 24, 40, num_layers=2, bidirectional=True, seed=4)
+    x = rng.standard_normal((12, 7, 24)).astype(np.float32)
+    lengths = [12, 5, 0, 12, 1, 9, 11]
+    ref, sref, _ = gatecore.forward(cell, x, p, lengths=lengths)
+    ref = ref.copy()
+    with products_path("team"):
+        for params in (p, gatecore.prepare(p), gatecore.prepare(p)):
+            y, s_n, tape = gatecore.forward(cell, x, params, lengths=lengths, training=False)
+            assert tape is None
+            np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-6)
+            for a, b in zip(s_n, sref):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_team_is_for_float32_inference_of_one_stage_cells_only():
+    from gatecore.params import Dims
+    from gatecore.registry.manager import get_registry
+
+    reg = get_registry()
+    lstm = reg.cells()["lstm"].spec
+    dims = Dims(input_size=512, hidden_size=512, num_layers=1, num_directions=1, proj_size=0,
+                bias=True)
+    assert network.team_products(lstm, dims, 64, np.float32)
+    assert not network.team_products(lstm, dims, 64, np.float64)
+    small = Dims(input_size=64, hidden_size=64, num_layers=1, num_directions=1, proj_size=0,
+                 bias=True)
+    assert not network.team_products(lstm, small, 8, np.float32)  # small steps: own path
+    proj = Dims(input_size=512, hidden_size=512, num_layers=1, num_directions=1, proj_size=256,
+                bias=True)
+    assert not network.team_products(lstm, proj, 64, np.float32)
