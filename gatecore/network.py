@@ -23,6 +23,7 @@ from . import overlap
 from .cells.spec import CellSpec
 from .errors import StaleTapeError
 from .kernels import packed as kpacked
+from .kernels import blas
 from .kernels.blas import gemm, gemm_acc, transpose_into
 from .kernels.factory import cpu_kernels
 from .params import Dims
@@ -120,10 +121,17 @@ def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
 TEAM_MACS = 1 << 19
 
 
-def team_products(spec: CellSpec, dims: Dims, batch: int, dtype) -> bool:
-    """Whether a call's recurrent products run as packed products on two threads."""
+def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool) -> bool:
+    """Whether a call's recurrent products run as packed products on two threads.
+
+    Training too, where gatecore can run NumPy's OpenBLAS on one thread
+    (``blas.numpy_blas_available``): backward's products over all steps (weight gradients,
+    dx) then run as two halves on two threads, one thread of OpenBLAS each, and OpenBLAS's
+    own threads never wake to spin against the packed products.
+    """
     return (kpacked.usable(dtype) and _step_macs(spec, dims, batch) >= TEAM_MACS
-            and not spec.two_stage and not dims.proj_size)
+            and not spec.two_stage and not dims.proj_size
+            and (not training or blas.numpy_blas_available()))
 
 
 #: input-product multiply-adds (T * B * G*H * input size) from which an inference call whose
@@ -155,6 +163,35 @@ def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
     gnp = B * GH * I * 0.017
     gown = B * GH * I * 0.045
     return max(rec, gown) < 0.85 * (rec + gnp)
+
+
+def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bias):
+    """Backward's products over all steps for one-stage cells without projection, as two
+    halves at once (this thread and the worker), NumPy's OpenBLAS on one thread in each:
+    dW_ih and dW_hh by halves of their rows, dx by halves of its rows (added to it with
+    ``tmp``: the second direction), the biases' column sums one each."""
+    GH, G1H, M = dax2d.shape[1], dah2d.shape[1], dx2d.shape[0]
+    dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
+
+    def half(h):
+        r_ih = slice(0, GH // 2) if h == 0 else slice(GH // 2, GH)
+        r_hh = slice(0, G1H // 2) if h == 0 else slice(G1H // 2, G1H)
+        rows = slice(0, M // 2) if h == 0 else slice(M // 2, M)
+        np.matmul(dax2d[:, r_ih].T, x2d, out=dw_ih[r_ih])
+        np.matmul(dah2d[:, r_hh].T, hp2d, out=dw_hh[r_hh])
+        if bias:
+            if h == 0:
+                np.matmul(ones, dax2d, out=dparams["bias_ih" + sfx])
+            else:
+                np.matmul(ones, dah2d, out=dparams["bias_hh" + sfx][:G1H])
+        if tmp is None:
+            np.matmul(dax2d[rows], wih, out=dx2d[rows])
+        else:
+            np.matmul(dax2d[rows], wih, out=tmp[rows])
+            dx2d[rows] += tmp[rows]
+
+    with blas.numpy_blas_one_thread():
+        overlap.run_pair(lambda: half(0), lambda: half(1))
 
 
 def _team_buffers(ws, dtype):
@@ -336,7 +373,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     gh2 = ws.get("gh2", dtype, lambda T_, B_: (B_, G2H))
     pbuf = ws.get("pbuf", dtype, lambda T_, B_: (B_, Hr))
     own = own_products(spec, dims, B)
-    team = not keep and team_products(spec, dims, B, dtype)
+    team = team_products(spec, dims, B, dtype, keep)
     ext = external_products(spec, dims, B) and not team
     mm = _products(own, ext or team)[0]
     rows = _rows(ws, dtype, spec, H)
@@ -474,9 +511,11 @@ def run_backward(tape: Tape, dy, dstate_n):
     mod = cpu_kernels(spec, dtype)
     lengths = tape.lengths
     own = own_products(spec, dims, B)
-    ext = external_products(spec, dims, B)
-    mm, mm_acc = _products(own, ext)
+    team = team_products(spec, dims, B, dtype, True)
+    ext = external_products(spec, dims, B) and not team
+    mm, mm_acc = _products(own, ext or team)
     rows = _rows(ws, dtype, spec, H)
+    flags, tiles, no_wp = _team_buffers(ws, dtype)
     if not spec.two_stage:
         rows["dur"].fill(0)  # du is documented as zeros for one-stage cells
 
@@ -536,13 +575,23 @@ def run_backward(tape: Tape, dy, dstate_n):
                     dhr, ds, dax, dah1, dah2, du, dhnew, dhist, dm, dex_buf,
                     rows["axr"], rows["daxr"], rows["dahr"], rows["tpr"], rows["spr"],
                     rows["snr"], rows["dsr"], rows["dspr"], rows["dur"], own)
+            wp = no_wp
+            if team:  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ weight_hh[:G1H]
+                wp = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
+                kpacked.pack_cols(whh[:G1H], wp)
+            targs = (wp, flags, tiles[0])
             if ext:  # time loop here, recurrent products by NumPy's BLAS
                 for s_ in range(T - 1, -1, -1):
-                    mod.backward_dir(*args, s_, s_ + 1, True, s_ < T - 1)
+                    mod.backward_dir(*args, s_, s_ + 1, True, s_ < T - 1, False, *targs)
                     np.matmul(dah1[s_], whh, out=dhnew)
-                mod.backward_dir(*args, 0, 0, True, T > 0)
+                mod.backward_dir(*args, 0, 0, True, T > 0, False, *targs)
+            elif team:
+                overlap.run_team(
+                    kpacked.team_worker,
+                    (flags, dah1, wp, dhnew, B, G1H, Hr, -(-Hr // kpacked.NR) // 2, tiles[1]),
+                    flags, lambda: mod.backward_dir(*args, 0, T, False, False, True, *targs))
             else:
-                mod.backward_dir(*args, 0, T, False, False)
+                mod.backward_dir(*args, 0, T, False, False, False, *targs)
             dstate0[0][idx] = dhr
             for s in range(1, S):
                 dstate0[s][idx] = ds[s]
@@ -550,8 +599,14 @@ def run_backward(tape: Tape, dy, dstate_n):
             for prefix, n in spec.extra_params:
                 dparams[prefix + sfx][...] = dex_buf[r:r + n].reshape(-1)
                 r += n
-            # weight gradients: one GEMM each over all T*B rows
             dax2d = dax.reshape(T * B, GH)
+            if team:  # in two halves on two threads, one OpenBLAS thread each
+                tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n)) if d else None
+                _split_grads(dax2d, dah1.reshape(T * B, G1H), x2d,
+                             buf["hp"][:T].reshape(T * B, Hr), group["weight_ih"], dx2d, tmp,
+                             dparams, sfx, ones, dims.bias)
+                continue
+            # weight gradients: one GEMM each over all T*B rows
             mm(dax2d.T, x2d, dparams["weight_ih" + sfx])
             hp2d = buf["hp"][:T].reshape(T * B, Hr)
             dw_hh = dparams["weight_hh" + sfx]

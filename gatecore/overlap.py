@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover - not CPython
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
-__all__ = ["enabled", "chunk_bounds", "run_chunked", "run_team"]
+__all__ = ["enabled", "chunk_bounds", "run_chunked", "run_team", "run_pair"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -377,3 +377,68 @@ def run_team(worker, args, flags, body) -> None:
                     if counted:
                         with _active_lock:
                             _active -= 1
+
+
+def run_pair(mine, theirs) -> None:
+    """Run ``mine()`` here and ``theirs()`` on the worker thread at once (two independent
+    halves of a job), or ``theirs()`` here after ``mine()`` when the worker has not started
+    it by then (a busy second core, another call in flight, overlapping disabled,
+    interpreter shutdown). Errors of either are raised here once both have stopped; if
+    ``mine()`` raises, ``theirs()`` does not start any more. Pinning and Ctrl-C as in
+    ``run_team``.
+    """
+    global _active
+    lock = threading.Lock()
+    owner = [0]  # who runs theirs(): 0 nobody yet, 1 this thread, 2 the worker
+
+    def task(cpus):
+        if cpus is not None:
+            try:
+                os.sched_setaffinity(0, cpus)
+            except OSError:
+                pass
+        with lock:
+            if owner[0]:
+                return
+            owner[0] = 2
+        theirs()
+
+    with _DeferSigint():
+        pinned = None
+        future = None
+        counted = False
+        try:
+            if enabled():
+                with _active_lock:
+                    _active += 1
+                    counted = True
+                    alone = _active == 1
+                if alone:
+                    pinned = _pin_caller()
+                    try:
+                        future = _worker_pool().submit(task, pinned[1] if pinned else None)
+                    except RuntimeError:  # interpreter shutting down
+                        future = None
+            mine()
+            with lock:
+                if not owner[0]:
+                    owner[0] = 1
+            if owner[0] == 1:
+                theirs()
+        finally:
+            try:
+                if future is not None:
+                    with lock:
+                        if not owner[0]:
+                            owner[0] = 1  # mine() raised: theirs() never starts
+                    if not future.cancel():
+                        _wait_uninterrupted(future)
+            finally:
+                try:
+                    _unpin(pinned)
+                finally:
+                    if counted:
+                        with _active_lock:
+                            _active -= 1
+        if future is not None and not future.cancelled():
+            future.result()  # the worker's error, if any

@@ -152,11 +152,11 @@ def test_team_is_for_float32_inference_of_one_stage_cells_only():
     lstm = reg.cells()["lstm"].spec
     dims = Dims(input_size=512, hidden_size=512, num_layers=1, num_directions=1, proj_size=0,
                 bias=True)
-    assert network.team_products(lstm, dims, 64, np.float32)
-    assert not network.team_products(lstm, dims, 64, np.float64)
+    assert network.team_products(lstm, dims, 64, np.float32, False)
+    assert not network.team_products(lstm, dims, 64, np.float64, False)
     small = Dims(input_size=64, hidden_size=64, num_layers=1, num_directions=1, proj_size=0,
                  bias=True)
-    assert not network.team_products(lstm, small, 8, np.float32)  # small steps: own path
+    assert not network.team_products(lstm, small, 8, np.float32, False)  # small steps: own path
     proj = Dims(input_size=512, hidden_size=512, num_layers=1, num_directions=1, proj_size=256,
                 bias=True)
-    assert not network.team_products(lstm, proj, 64, np.float32)
+    assert not network.team_products(lstm, proj, 64, np.float32, False)
