@@ -16,8 +16,9 @@ GATECORE_DISABLE_PLUGIN_AUTOLOAD
     cells still register.
 GATECORE_OVERLAP
     Set to ``0`` to keep every call on the calling thread (no input products on a second
-    core; read at each call by :func:`gatecore.overlap.enabled`, which also says no when
-    OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS or NUMBA_NUM_THREADS is ``1``).
+    core, no packed products shared with a second thread; read at each call by
+    :func:`gatecore.overlap.enabled`, which also says no when OMP_NUM_THREADS,
+    OPENBLAS_NUM_THREADS, MKL_NUM_THREADS or NUMBA_NUM_THREADS is ``1``).
 """
 
 from __future__ import annotations

@@ -409,7 +409,9 @@ def prepare(params: Mapping) -> PreparedParams:
     PreparedParams
         A read-only mapping of gatecore's own copies. It holds the weights twice (the copies
         and their transposes), plus one more set of transposes per further cell variant it
-        is used with (GRU with both ``reset_after`` settings: about three times). Keys and
+        is used with (GRU with both ``reset_after`` settings: about three times), plus, once
+        an inference call of float32 with large steps used them, the packed weights of the
+        packed products (``gatecore.kernels.packed``; one more copy). Keys and
         shapes are checked against a cell at its first use with it (the same errors as
         plain parameters, raised by that call). It pickles (as its arrays).
 

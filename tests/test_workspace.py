@@ -48,6 +48,10 @@ ALLOC_SCRIPT = textwrap.dedent("""
         network.overlap_pays = lambda *a: True
     else:
         network.OVERLAP_MACS = 1 << 62
+    if sys.argv[1] == "team":  # packed products on two threads (float32, one-stage cells)
+        network.TEAM_MACS = 0
+        network.OWN_PRODUCT_MACS = 0
+        overlap.enabled = lambda: True
     for cell, opts in [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False})]:
         p = gatecore.init_params(cell, 16, 32, num_layers=2, bidirectional=True, seed=0)
         ws = gatecore.Workspace(max_seq_len=60, max_batch=8)
@@ -71,7 +75,7 @@ ALLOC_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["serial", "overlap"])
+@pytest.mark.parametrize("mode", ["serial", "overlap", "team"])
 def test_steady_state_allocates_no_arrays(mode):
     """No array is allocated per call once the workspace is sized.
 
@@ -81,7 +85,8 @@ def test_steady_state_allocates_no_arrays(mode):
     over three forward+backward+inference calls must stay at Python bookkeeping level (views,
     tuples), far below the smallest activation buffer. With the input products on the
     worker thread (gatecore.overlap) each layer's time loop is a few kernel calls, one per
-    chunk, and their number does not grow with T either.
+    chunk, and their number does not grow with T either; so with packed products on two
+    threads (team: one kernel call per thread and product or time loop).
     """
     env = dict(os.environ, NUMBA_NRT_STATS="1")
     out = subprocess.run([sys.executable, "-c", ALLOC_SCRIPT, mode], env=env,

@@ -18,11 +18,14 @@ packed once these kernels reach about 90-95 GFLOP/s on one core of the 2-core EP
 streams 16 MB of weights per step), against 100-115 for OpenBLAS.
 
 Two threads share a product by column panels (``team_step`` on the caller, ``team_worker``
-on a second thread, see ``gatecore.overlap.team``). They meet through an int64 ``flags``
+on a second thread, see ``gatecore.overlap.run_team``). They meet through an int64 ``flags``
 array with atomic loads, stores and compare-and-swap, spinning (a step lasts 0.1-2 ms, a
 thread wake-up 50 us): per product (sequence number s) the caller posts s, computes its
 panels, then claims the worker's panels unless the worker has claimed them already, so a
-worker that is not running (busy core, no worker at all) never stalls the caller.
+worker that is not running (busy core, no worker at all) never stalls the caller; one
+preempted in the middle of its half does make the caller wait for it. The flags must be
+zero when a team starts (``run_team`` zeroes them): a stale claim would make the caller wait
+for a half nobody computes.
 """
 
 from __future__ import annotations
