@@ -48,10 +48,10 @@ ALLOC_SCRIPT = textwrap.dedent("""
         network.overlap_pays = lambda *a: True
     else:
         network.OVERLAP_MACS = 1 << 62
-    if sys.argv[1] == "team":  # packed products on two threads (float32, one-stage cells)
-        network.TEAM_MACS = 0
-        network.OWN_PRODUCT_MACS = 0
-        overlap.enabled = lambda: True
+    if sys.argv[1] == "team":  # packed products (float32, one-stage cells); the worker
+        network.TEAM_MACS = 0    # off: whether it starts before the caller has done its
+        network.OWN_PRODUCT_MACS = 0  # share is timing, and so would be the count of the
+        overlap.enabled = lambda: False  # arrays boxed for it (once per product or loop)
     for cell, opts in [("lstm", {}), ("gru", {}), ("gru", {"reset_after": False})]:
         p = gatecore.init_params(cell, 16, 32, num_layers=2, bidirectional=True, seed=0)
         ws = gatecore.Workspace(max_seq_len=60, max_batch=8)
