@@ -19,6 +19,7 @@ touches the call's workspace after it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -182,11 +183,7 @@ class _Chunks:
 
         ``cpus``: where the worker may run (all but the caller's CPU, see ``_pin_caller``).
         """
-        if cpus is not None:
-            try:
-                os.sched_setaffinity(0, cpus)
-            except OSError:
-                pass
+        _set_cpus(cpus)
         for c in range(1, len(self.owner)):
             if self._claim(c, 2):
                 self._run(c)
@@ -281,33 +278,39 @@ def run_chunked(bounds: list[int], produce, consume) -> None:
         _run_chunked(bounds, produce, consume, sigint.interrupted)
 
 
-def _run_chunked(bounds: list[int], produce, consume, interrupted) -> None:
+@contextlib.contextmanager
+def _worker_for(task, stop, wanted: bool = True):
+    """Hand ``task(cpus)`` to the worker thread for the duration of the ``with`` block.
+
+    Yields the task's future, or None: no worker (``wanted`` false, overlapping disabled,
+    another call in flight, interpreter shutdown). Only a call alone in flight uses the
+    worker and pins itself (``_pin_caller``; ``cpus``: where the worker may run): concurrent
+    callers pinned themselves to whichever CPU they were on, often the same one, while the
+    single worker could serve only one of them anyway. On leaving (also on errors) ``stop()``
+    tells the task to finish, and the worker is waited for (through Ctrl-C too) before this
+    thread's CPU set is restored.
+    """
     global _active
-    n = len(bounds) - 1
-    table = _Chunks(n, lambda c: produce(bounds[c], bounds[c + 1]))
     pinned = None
     future = None
     counted = False
     try:
-        if n > 1:
+        if wanted and enabled():
             with _active_lock:
                 _active += 1
                 counted = True
                 alone = _active == 1
-            pinned = _pin_caller() if alone else None
-            try:
-                future = _worker_pool().submit(table.work, pinned[1] if pinned else None)
-            except RuntimeError:  # interpreter shutting down: no new threads, do it all here
-                future = None
-        for c in range(n):
-            if interrupted():
-                break  # KeyboardInterrupt follows, after the cleanup
-            table.get(c)
-            consume(bounds[c], bounds[c + 1])
+            if alone:
+                pinned = _pin_caller()
+                try:
+                    future = _worker_pool().submit(task, pinned[1] if pinned else None)
+                except RuntimeError:  # interpreter shutting down: no new threads
+                    future = None
+        yield future
     finally:
         try:
             if future is not None:
-                table.stop = True
+                stop()
                 if not future.cancel():
                     _wait_uninterrupted(future)
         finally:
@@ -317,17 +320,23 @@ def _run_chunked(bounds: list[int], produce, consume, interrupted) -> None:
                 if counted:
                     with _active_lock:
                         _active -= 1
+
+
+def _run_chunked(bounds: list[int], produce, consume, interrupted) -> None:
+    n = len(bounds) - 1
+    table = _Chunks(n, lambda c: produce(bounds[c], bounds[c + 1]))
+
+    def stop():
+        table.stop = True
+
+    with _worker_for(table.work, stop, wanted=n > 1):
+        for c in range(n):
+            if interrupted():
+                break  # KeyboardInterrupt follows, after the cleanup
+            table.get(c)
+            consume(bounds[c], bounds[c + 1])
     if table.error is not None:
         raise table.error
-
-
-def _team_task(worker, args, cpus):
-    if cpus is not None:
-        try:
-            os.sched_setaffinity(0, cpus)
-        except OSError:
-            pass
-    return worker(*args)
 
 
 def run_team(worker, args, flags, body) -> None:
@@ -339,44 +348,22 @@ def run_team(worker, args, flags, body) -> None:
     does once ``body`` has returned or raised, and it waits for the worker to return before
     it returns. ``body`` never depends on the worker: a half the worker has not claimed is
     computed by this thread. So a call that is not alone in flight, with overlapping
-    disabled (``enabled``), or at interpreter shutdown simply runs ``body`` alone. A call
-    alone in flight pins this thread and the worker to different CPUs (``_pin_caller``).
-    Ctrl-C in the main thread is held back until the worker has stopped (``_DeferSigint``).
+    disabled (``enabled``), or at interpreter shutdown simply runs ``body`` alone. Pinning
+    as in ``_worker_for``; Ctrl-C in the main thread is held back until the worker has
+    stopped (``_DeferSigint``).
     """
     from .kernels.packed import STOP
-    global _active
+
+    def task(cpus):
+        _set_cpus(cpus)
+        return worker(*args)
+
+    def stop():
+        flags[STOP] = 1
+
     flags[:] = 0
-    with _DeferSigint():
-        pinned = None
-        future = None
-        counted = False
-        try:
-            if enabled():
-                with _active_lock:
-                    _active += 1
-                    counted = True
-                    alone = _active == 1
-                if alone:
-                    pinned = _pin_caller()
-                    try:
-                        future = _worker_pool().submit(_team_task, worker, args,
-                                                       pinned[1] if pinned else None)
-                    except RuntimeError:  # interpreter shutting down: body alone
-                        future = None
-            body()
-        finally:
-            try:
-                if future is not None:
-                    flags[STOP] = 1
-                    if not future.cancel():
-                        _wait_uninterrupted(future)
-            finally:
-                try:
-                    _unpin(pinned)
-                finally:
-                    if counted:
-                        with _active_lock:
-                            _active -= 1
+    with _DeferSigint(), _worker_for(task, stop):
+        body()
 
 
 def run_pair(mine, theirs) -> None:
@@ -387,58 +374,33 @@ def run_pair(mine, theirs) -> None:
     ``mine()`` raises, ``theirs()`` does not start any more. Pinning and Ctrl-C as in
     ``run_team``.
     """
-    global _active
     lock = threading.Lock()
     owner = [0]  # who runs theirs(): 0 nobody yet, 1 this thread, 2 the worker
 
-    def task(cpus):
-        if cpus is not None:
-            try:
-                os.sched_setaffinity(0, cpus)
-            except OSError:
-                pass
+    def claim(who):
         with lock:
-            if owner[0]:
-                return
-            owner[0] = 2
-        theirs()
+            if not owner[0]:
+                owner[0] = who
+            return owner[0] == who
+
+    def task(cpus):
+        _set_cpus(cpus)
+        if claim(2):
+            theirs()
 
     with _DeferSigint():
-        pinned = None
-        future = None
-        counted = False
-        try:
-            if enabled():
-                with _active_lock:
-                    _active += 1
-                    counted = True
-                    alone = _active == 1
-                if alone:
-                    pinned = _pin_caller()
-                    try:
-                        future = _worker_pool().submit(task, pinned[1] if pinned else None)
-                    except RuntimeError:  # interpreter shutting down
-                        future = None
+        with _worker_for(task, lambda: claim(1)) as future:
             mine()
-            with lock:
-                if not owner[0]:
-                    owner[0] = 1
-            if owner[0] == 1:
+            if claim(1):
                 theirs()
-        finally:
-            try:
-                if future is not None:
-                    with lock:
-                        if not owner[0]:
-                            owner[0] = 1  # mine() raised: theirs() never starts
-                    if not future.cancel():
-                        _wait_uninterrupted(future)
-            finally:
-                try:
-                    _unpin(pinned)
-                finally:
-                    if counted:
-                        with _active_lock:
-                            _active -= 1
         if future is not None and not future.cancelled():
             future.result()  # the worker's error, if any
+
+
+def _set_cpus(cpus) -> None:
+    """Restrict the calling (worker) thread to ``cpus`` (None: leave it)."""
+    if cpus is not None:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError:
+            pass
