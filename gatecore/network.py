@@ -57,6 +57,7 @@ class Tape:
     generation: int
     xs: list  # layer inputs, time-major [T, B, *]
     buffers: dict  # (k, d) -> dict of gx, hp, st, u, tp, ex, mh, w1c, w2c, whrc
+    team: bool = False  # forward ran packed products (no transposed copies w1c on the tape)
 
     def check_fresh(self) -> None:
         """Raise :class:`StaleTapeError` if the workspace was reused since this tape was made."""
@@ -179,6 +180,10 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
 
     def half(h):
+        with np.errstate(all="ignore"):  # per thread: as _fp_quiet for the caller
+            _half(h)
+
+    def _half(h):
         r_ih = slice(0, GH // 2) if h == 0 else slice(GH // 2, GH)
         r_hh = slice(0, G1H // 2) if h == 0 else slice(G1H // 2, G1H)
         rows = slice(0, M // 2) if h == 0 else slice(M // 2, M)
@@ -195,8 +200,13 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
             np.matmul(dax2d[rows], wih, out=tmp[rows])
             dx2d[rows] += tmp[rows]
 
-    with blas.numpy_blas_one_thread():
-        overlap.run_pair(lambda: half(0), lambda: half(1))
+    with overlap.hold_sigint():
+        with blas.numpy_blas_one_thread() as single:
+            if single:
+                overlap.run_pair(lambda: half(0), lambda: half(1), sigint_held=True)
+                return
+        half(0)  # OpenBLAS's count not settable from here: its own threads, one call each
+        half(1)
 
 
 def _team_buffers(ws, dtype):
@@ -493,7 +503,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     tape = None
     if keep:
         tape = Tape(spec, dims, dtype, T, B, batch_first, unbatched, lengths, layers, ws, gen,
-                    xs, buffers)
+                    xs, buffers, team)
     return layer_in, state_n, tape
 
 
@@ -516,7 +526,7 @@ def run_backward(tape: Tape, dy, dstate_n):
     mod = cpu_kernels(spec, dtype)
     lengths = tape.lengths
     own = own_products(spec, dims, B)
-    team = team_products(spec, dims, B, dtype, True)
+    team = tape.team  # as forward decided (its tape has no transposed copies then)
     ext = external_products(spec, dims, B) and not team
     mm, mm_acc = _products(own, ext or team)
     rows = _rows(ws, dtype, spec, H)

@@ -35,7 +35,7 @@ __all__ = ["enabled", "chunk_bounds", "run_chunked", "run_team", "run_pair"]
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
-_active = 0  # calls of run_chunked in flight (several threads may call at once)
+_active = 0  # calls using the worker (_worker_for) in flight (several threads may call at once)
 _active_lock = threading.Lock()
 
 
@@ -366,13 +366,19 @@ def run_team(worker, args, flags, body) -> None:
         body()
 
 
-def run_pair(mine, theirs) -> None:
+def hold_sigint():
+    """Context manager: Ctrl-C in the main thread is held back until it leaves (see
+    ``_DeferSigint``; not to be nested)."""
+    return _DeferSigint()
+
+
+def run_pair(mine, theirs, sigint_held: bool = False) -> None:
     """Run ``mine()`` here and ``theirs()`` on the worker thread at once (two independent
     halves of a job), or ``theirs()`` here after ``mine()`` when the worker has not started
     it by then (a busy second core, another call in flight, overlapping disabled,
     interpreter shutdown). Errors of either are raised here once both have stopped; if
     ``mine()`` raises, ``theirs()`` does not start any more. Pinning and Ctrl-C as in
-    ``run_team``.
+    ``run_team`` (``sigint_held``: the caller holds Ctrl-C back already, ``hold_sigint``).
     """
     lock = threading.Lock()
     owner = [0]  # who runs theirs(): 0 nobody yet, 1 this thread, 2 the worker
@@ -388,7 +394,7 @@ def run_pair(mine, theirs) -> None:
         if claim(2):
             theirs()
 
-    with _DeferSigint():
+    with contextlib.nullcontext() if sigint_held else _DeferSigint():
         with _worker_for(task, lambda: claim(1)) as future:
             mine()
             if claim(1):

@@ -43,8 +43,8 @@ def products_path(path):
     blas     BLAS per step inside the kernels (Numba's np.dot)
     numpy    NumPy's BLAS per step between one-step kernel calls (one-stage cells without
              projection; the others fall back to blas)
-    team     float32 inference of one-stage cells without projection: packed products on
-             two threads (gatecore.kernels.packed); the rest (training, float64, other
+    team     float32 one-stage cells without projection, inference and training: packed
+             products on two threads (gatecore.kernels.packed); the rest (float64, other
              cells) falls back to blas
     """
     from gatecore import network, overlap

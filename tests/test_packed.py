@@ -160,3 +160,35 @@ def test_team_is_for_float32_inference_of_one_stage_cells_only():
     proj = Dims(input_size=512, hidden_size=512, num_layers=1, num_directions=1, proj_size=256,
                 bias=True)
     assert not network.team_products(lstm, proj, 64, np.float32, False)
+    from gatecore.kernels import blas
+    assert network.team_products(lstm, dims, 64, np.float32, True) == blas.numpy_blas_available()
+
+
+def test_team_training_is_quiet_and_restores_numpy_blas_threads():
+    """Backward on the team path: overflow gives inf silently (also in the half on the
+    worker thread, under -W error), and NumPy's OpenBLAS thread count is what it was, after
+    calls from the main thread and from another thread."""
+    import warnings
+
+    from threadpoolctl import threadpool_info
+
+    def counts():
+        return [d["num_threads"] for d in threadpool_info() if d["internal_api"] == "openblas"]
+
+    before = counts()
+    p = gatecore.init_params("lstm", 128, 256, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 64, 128)).astype(np.float32)
+
+    def run():
+        y, _, tape = gatecore.forward("lstm", x, p)
+        return gatecore.backward(tape, np.full(y.shape, 3e38, np.float32))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for _ in range(3):
+            run()
+    assert counts() == before
+    t = threading.Thread(target=run)
+    t.start()
+    t.join(60)
+    assert not t.is_alive() and counts() == before

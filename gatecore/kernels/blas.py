@@ -105,27 +105,44 @@ def numpy_blas_available() -> bool:
 
 @contextlib.contextmanager
 def numpy_blas_one_thread():
-    """Within: NumPy's OpenBLAS computes every product on the calling thread.
+    """Within: NumPy's OpenBLAS computes every product on the calling thread, if it yields
+    True.
 
     For products that gatecore splits over two threads itself: OpenBLAS's own threads,
     once woken, spin for 0.1-0.3 s after each product and took the cores from gatecore's
     packed products (measured: 0.53 against 0.31-0.45 ms per step). The count is process
     wide: other threads' NumPy products run on one thread meanwhile; the previous count is
-    restored when the last gatecore call inside leaves. Without NumPy's OpenBLAS
-    (``numpy_blas_available``) this changes nothing.
+    restored when the outermost use leaves. Only the main thread changes it (OpenBLAS, through
+    threadpoolctl 3.8, let only the first thread that set a count change it later: a count
+    set or restored from another thread was silently not applied), and only when the change
+    is seen to apply; otherwise nothing changes and it yields False, as it does without
+    NumPy's OpenBLAS (``numpy_blas_available``). Hold Ctrl-C back around it
+    (``overlap.hold_sigint``): an interrupt between setting and restoring would leave the
+    count at one.
     """
     global _one_depth, _one_saved
     lib = _numpy_openblas()
-    if lib is None:
-        yield
+    if lib is None or threading.current_thread() is not threading.main_thread():
+        yield False
         return
     with _one_lock:
         if _one_depth == 0:
             _one_saved = lib.num_threads
             lib.set_num_threads(1)
-        _one_depth += 1
+            if lib.num_threads != 1:  # not applied: leave it as it is
+                lib.set_num_threads(_one_saved)
+                ok = False
+            else:
+                ok = True
+                _one_depth = 1
+        else:
+            ok = True
+            _one_depth += 1
+    if not ok:
+        yield False
+        return
     try:
-        yield
+        yield True
     finally:
         with _one_lock:
             _one_depth -= 1

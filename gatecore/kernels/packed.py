@@ -7,9 +7,9 @@ broadcasts of A, twelve fused multiply-adds), the blocking of Goto and van de Ge
 "Anatomy of high-performance matrix multiplication" (ACM TOMS 34(3), 2008). Numba cannot
 express vector registers, so the kernels use a small vector type (``Vec8f``, LLVM's
 ``<8 x float>``) with load, broadcast, FMA and store intrinsics written with llvmlite; LLVM
-maps them to AVX2/FMA where the CPU has them and splits them into narrower instructions
-elsewhere (the results do not depend on that: every element is the same chain of FMAs over
-k = 0 .. K-1).
+maps them to AVX2/FMA instructions; on a target without FMA they would become libm calls
+(same results, every element being the same chain of FMAs over k = 0 .. K-1, but about 50x
+slower), so gatecore uses them only where Numba targets AVX2 and FMA (``usable``).
 
 Why: the recurrent product of a step, ``h_{t-1} @ W_hh^T``, reuses the same weights T times.
 OpenBLAS re-packs them on every call (16x1024 @ 1024x4096: 86 GFLOP/s on two cores), while
@@ -22,7 +22,7 @@ on a second thread, see ``gatecore.overlap.run_team``). They meet through an int
 array with atomic loads, stores and compare-and-swap, spinning (a step lasts 0.1-2 ms, a
 thread wake-up 50 us): per product (sequence number s) the caller posts s, computes its
 panels, then claims the worker's panels unless the worker has claimed them already, so a
-worker that is not running (busy core, no worker at all) never stalls the caller; one
+worker that is not running (no worker at all, or not yet started) never stalls the caller; one
 preempted in the middle of its half does make the caller wait for it. The flags must be
 zero when a team starts (``run_team`` zeroes them): a stale claim would make the caller wait
 for a half nobody computes.
@@ -384,8 +384,9 @@ def pgemm(a, ao, bp, c, M, K, N, p0, p1, tile, kcmax=1024, afloats=98304):
     (any number of dimensions: elements are counted from the data pointer); ``bp`` the
     packed panels; ``tile`` a float32 scratch of at least 6 * 16 elements (for the last
     panel when N is not a multiple of 16).
-    Blocking: a product of many rows runs over slices of at most 512 k (each panel slice,
-    16 x 512 floats, stays in L1/L2 across a block of rows, C accumulates over the slices)
+    Blocking: a product of more than 96 rows runs over slices of at most ``kcmax`` k (each
+    panel slice, 16 x kcmax floats, stays in L2 across a block of rows, C accumulates over
+    the slices)
     and blocks of rows holding about 384 KiB of A (in L2 across all panels); a per-step
     product (at most 96 rows) is one block over all k.
     """
@@ -505,6 +506,27 @@ def team_worker(flags, abase, bp, c, M, K, N, split, tile):
             _pause()
 
 
+def _target_has_fma() -> bool:
+    """Whether Numba compiles for a CPU with AVX2 and FMA (NUMBA_CPU_NAME/FEATURES, else the
+    host). Without FMA, LLVM turns the kernels' vector FMAs into calls of libm's fmaf: the
+    same results, about 50x slower (measured: 188 against 3.5 ms for 64x512 @ 512x2048)."""
+    try:
+        from numba.core import config as nconfig
+        feats = nconfig.CPU_FEATURES
+        if feats is None:
+            if nconfig.CPU_NAME not in (None, "host"):
+                return False  # a named generic target: features unknown, assume none
+            import llvmlite.binding as ll
+            feats = ll.get_host_cpu_features().flatten()
+        return "+fma" in feats and "+avx2" in feats
+    except Exception:  # noqa: BLE001 - unknown: the BLAS paths
+        return False
+
+
+_FMA = _target_has_fma()
+
+
 def usable(dtype) -> bool:
-    """Whether products of this dtype can use the packed kernels (float32 only)."""
-    return np.dtype(dtype) == np.float32
+    """Whether products of this dtype can use the packed kernels: float32, on a target CPU
+    with AVX2 and FMA (``_target_has_fma``)."""
+    return _FMA and np.dtype(dtype) == np.float32
