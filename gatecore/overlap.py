@@ -350,7 +350,8 @@ def run_team(worker, args, flags, body) -> None:
     computed by this thread. So a call that is not alone in flight, with overlapping
     disabled (``enabled``), or at interpreter shutdown simply runs ``body`` alone. Pinning
     as in ``_worker_for``; Ctrl-C in the main thread is held back until the worker has
-    stopped (``_DeferSigint``).
+    stopped (``_DeferSigint``); ``body(interrupted)`` should stop early once
+    ``interrupted()`` is true (KeyboardInterrupt follows).
     """
     from .kernels.packed import STOP
 
@@ -362,8 +363,8 @@ def run_team(worker, args, flags, body) -> None:
         flags[STOP] = 1
 
     flags[:] = 0
-    with _DeferSigint(), _worker_for(task, stop):
-        body()
+    with _DeferSigint() as sigint, _worker_for(task, stop):
+        body(sigint.interrupted)
 
 
 def hold_sigint():

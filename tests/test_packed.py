@@ -97,7 +97,7 @@ def test_team_products_match_numpy(with_worker, monkeypatch):
             c[t] = out
 
     overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, split, tiles[1]), flags,
-                     body)
+                     lambda interrupted: body())
     for t in range(T):
         _check(c[t], a[t], w)
     assert flags[kp.STOP] == (1 if with_worker else 0)
@@ -113,7 +113,7 @@ def test_team_stops_its_worker_when_the_body_raises():
     flags = np.zeros(kp.FLAGS, np.int64)
     tiles = np.zeros((2, 96), np.float32)
 
-    def body():
+    def body(interrupted):
         kp.team_step(flags, 1, a, 0, bp, out, M, K, N, 1, tiles[0])
         raise RuntimeError("boom")
 
@@ -192,3 +192,22 @@ def test_team_training_is_quiet_and_restores_numpy_blas_threads():
     t.start()
     t.join(60)
     assert not t.is_alive() and counts() == before
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_team_loop_in_chunks_gives_the_same_results(cell, monkeypatch):
+    """The team's time loops run in chunks of steps (Ctrl-C answered between them): one step
+    per kernel call gives bitwise what one call over all steps gives, forward and backward."""
+    rng = np.random.default_rng(5)
+    p = gatecore.init_params(cell, 16, 48, num_layers=2, bidirectional=True, seed=6)
+    x = rng.standard_normal((9, 5, 16)).astype(np.float32)
+    dy = rng.standard_normal((9, 5, 96)).astype(np.float32)
+    out = []
+    for chunk in (1 << 62, 1):
+        monkeypatch.setattr(network, "TEAM_CHUNK_MACS", chunk)
+        with products_path("team"):
+            y, _, tape = gatecore.forward(cell, x, p, lengths=[9, 2, 0, 9, 4])
+            dx, _, dp = gatecore.backward(tape, dy)
+            out.append([y.copy(), dx.copy(), *(dp[k].copy() for k in sorted(dp))])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
