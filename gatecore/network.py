@@ -491,7 +491,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 # weight_hr by _mmd; packed products read only the packed copy: no
                 # transposes needed)
                 need = not team and (keep or not (own and B == 1))
-                w1c = ws.get(f"w1c{tag}", dtype, lambda T_, B_: (Hr, G1H))
+                # (a team call's tape keeps no unused weight-sized buffer either)
+                w1c = ws.get(f"w1c{tag}", dtype, lambda T_, B_: (0 if team else Hr, G1H))
                 if need:
                     transpose_into(whh[:G1H], w1c)
                 if spec.two_stage:
