@@ -217,19 +217,23 @@ def _team_buffers(ws, dtype):
     return flags, tiles, no_wp
 
 
-def _packed_rows(pk, name, w, n, ws, dtype):
-    """``w[:n]`` packed by ``pack_rows``: made once and kept in the layout ``pk`` of prepared
-    parameters (at the first call that needs it; two threads racing make the same array),
-    otherwise packed into the workspace buffer ``name``."""
+def _packed_rows(pk, name, w, n, ws, dtype, blocks=1):
+    """``w[:blocks*n]`` packed by ``pack_rows`` as ``blocks`` blocks of n rows (one per gate:
+    a team thread's hidden units are then whole panels of every gate): made once and kept in
+    the layout ``pk`` of prepared parameters (at the first call that needs it; two threads
+    racing make the same array), otherwise packed into the workspace buffer ``name``."""
+    sz = kpacked.packed_size(w.shape[1], n)
     if pk is not None:
         hit = pk.get(name)
-        if hit is None:
-            hit = np.empty(kpacked.packed_size(w.shape[1], n), dtype)
-            kpacked.pack_rows(w, 0, n, hit)
-            pk[name] = hit
-        return hit
-    out = ws.get(name, dtype, lambda T_, B_: (kpacked.packed_size(w.shape[1], n),))
-    kpacked.pack_rows(w, 0, n, out)
+        if hit is not None:
+            return hit
+        out = np.empty(blocks * sz, dtype)
+    else:
+        out = ws.get(name, dtype, lambda T_, B_: (blocks * sz,))
+    for g in range(blocks):
+        kpacked.pack_rows(w, g * n, n, out[g * sz:(g + 1) * sz])
+    if pk is not None:
+        pk[name] = out
     return out
 
 
@@ -308,12 +312,15 @@ def _products(own: bool, ext: bool):
     return gemm, gemm_acc
 
 
-def _rows(ws, dtype, spec, H):
-    """Per-item scratch rows the kernels copy one batch item into (see cpu_kernels.py.in)."""
+def _rows(ws, dtype, spec, H, prefix="r_"):
+    """Per-item scratch rows the kernels copy one batch item into (see cpu_kernels.py.in);
+    a team's worker thread has its own set (``prefix`` "r1_")."""
     G, S, K = spec.num_gates, spec.num_states, spec.tape_size
+    E = spec.num_extra
     shapes = dict(axr=(G * H,), ahr=(G * H,), daxr=(G * H,), dahr=(G * H,), tpr=(K * H,),
-                  spr=(S, H), snr=(S, H), dsr=(S, H), dspr=(S, H), ur=(H,), dur=(H,))
-    return {n: ws.get("r_" + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()}
+                  spr=(S, H), snr=(S, H), dsr=(S, H), dspr=(S, H), ur=(H,), dur=(H,),
+                  exr=(E, H), dexr=(E, H))
+    return {n: ws.get(prefix + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()}
 
 
 def _usable_as_is(arr, dtype) -> bool:
@@ -421,6 +428,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     ext = external_products(spec, dims, B) and not team
     mm = _products(own, ext or team)[0]
     rows = _rows(ws, dtype, spec, H)
+    rows1 = _rows(ws, dtype, spec, H, "r1_") if team else None
     w2c = whrc = no_whr  # empty unless the cell is two-stage / has a projection
     flags, tiles, no_wp = _team_buffers(ws, dtype)
 
@@ -480,8 +488,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             whh = group["weight_hh"]
             whr = group["weight_hr"] if dims.proj_size else no_whr
             wp = no_wp
-            if team:  # packed weight_hh[:G1H] (packed once for prepared parameters)
-                wp = _packed_rows(pk, "w1p", whh, G1H, ws, dtype)
+            if team and B > 1:  # packed weight_hh[:G1H] (packed once for prepared parameters)
+                wp = _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
             if pk is not None and not team:  # prepared parameters: transposed once, in advance
                 w1c = pk["w1c"]
                 w2c = pk.get("w2c", w2c)
@@ -509,20 +517,24 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             if ext:
                 for s_ in range(T):
                     np.matmul(hp[s_ if keep else s_ % 2], w1c, out=gh1)
-                    mod.forward_dir(*args, s_, s_ + 1, True, False, wp, flags, tiles[0])
+                    mod.forward_dir(*args, s_, s_ + 1, True, False, wp, flags, tiles[0],
+                                    rows["exr"])
             elif team:
+                r1 = rows1
                 overlap.run_team(
-                    kpacked.team_worker,
-                    (flags, hp, wp, gh1, B, Hr, G1H, -(-G1H // kpacked.NR) // 2, tiles[1]),
+                    mod.team_forward_worker,
+                    (flags, gx, bih, whh, bhh, ex, lengths, bool(d), keep, hp, st, tp, gh1,
+                     r1["axr"], r1["ahr"], r1["spr"], r1["snr"], r1["tpr"], r1["exr"], y, d * Hr,
+                     wp, tiles[1]),
                     flags, _team_loop(
                         lambda k0, k1: mod.forward_dir(*args, k0, k1, False, True, wp, flags,
-                                                       tiles[0]),
+                                                       tiles[0], rows["exr"]),
                         T, _step_macs(spec, dims, B), False))
             elif pipe:
                 _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d,
-                                    (False, wp, flags, tiles[0]))
+                                    (False, wp, flags, tiles[0], rows["exr"]))
             else:
-                mod.forward_dir(*args, 0, T, False, False, wp, flags, tiles[0])
+                mod.forward_dir(*args, 0, T, False, False, wp, flags, tiles[0], rows["exr"])
             last = T if keep else T % 2
             state_n[0][idx] = hp[last]
             for s in range(1, S):
@@ -564,9 +576,12 @@ def run_backward(tape: Tape, dy, dstate_n):
     ext = external_products(spec, dims, B) and not team
     mm, mm_acc = _products(own, ext or team)
     rows = _rows(ws, dtype, spec, H)
+    rows1 = _rows(ws, dtype, spec, H, "r1_") if team else None
     flags, tiles, no_wp = _team_buffers(ws, dtype)
     if not spec.two_stage:
         rows["dur"].fill(0)  # du is documented as zeros for one-stage cells
+        if team:
+            rows1["dur"].fill(0)
 
     no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))
     dhr = ws.get("b_dhr", dtype, lambda T_, B_: (B_, Hr))
@@ -618,26 +633,34 @@ def run_backward(tape: Tape, dy, dstate_n):
             dex_buf = ws.get("b_dex", dtype, lambda T_, B_: (spec.num_extra, H), zero=True)
             whr = group["weight_hr"] if P else no_whr
             whh = group["weight_hh"]
-            args = (buf["gx"], whh, whr, buf["w1c"], buf["w2c"], buf["whrc"], buf["ex"],
+            w1c = buf["w1c"]
+            wp = no_wp
+            if team and B > 1:  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ it
+                wp = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
+                kpacked.pack_cols(whh[:G1H], wp)
+            elif team:  # one item: _mmd over its transpose
+                w1c = ws.get("b_w1c", dtype, lambda T_, B_: (Hr, G1H))
+                transpose_into(whh[:G1H], w1c)
+            args = (buf["gx"], whh, whr, w1c, buf["w2c"], buf["whrc"], buf["ex"],
                     lengths, bool(d), buf["hp"], buf["st"],
                     buf["u"], buf["tp"], d_out if has_dy else dummy_dy, has_dy, d * Hr,
                     dhr, ds, dax, dah1, dah2, du, dhnew, dhist, dm, dex_buf,
                     rows["axr"], rows["daxr"], rows["dahr"], rows["tpr"], rows["spr"],
                     rows["snr"], rows["dsr"], rows["dspr"], rows["dur"], own)
-            wp = no_wp
-            if team:  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ weight_hh[:G1H]
-                wp = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
-                kpacked.pack_cols(whh[:G1H], wp)
-            targs = (wp, flags, tiles[0])
+            targs = (wp, flags, tiles[0], rows["exr"], rows["dexr"])
             if ext:  # time loop here, recurrent products by NumPy's BLAS
                 for s_ in range(T - 1, -1, -1):
                     mod.backward_dir(*args, s_, s_ + 1, True, s_ < T - 1, False, *targs)
                     np.matmul(dah1[s_], whh, out=dhnew)
                 mod.backward_dir(*args, 0, 0, True, T > 0, False, *targs)
             elif team:
+                r1 = rows1
                 overlap.run_team(
-                    kpacked.team_worker,
-                    (flags, dah1, wp, dhnew, B, G1H, Hr, -(-Hr // kpacked.NR) // 2, tiles[1]),
+                    mod.team_backward_worker,
+                    (flags, buf["gx"], w1c, buf["ex"], lengths, bool(d), buf["st"], buf["tp"],
+                     d_out if has_dy else dummy_dy, has_dy, d * Hr, dhr, ds, dax, dah1, dhnew,
+                     dex_buf, r1["axr"], r1["daxr"], r1["dahr"], r1["tpr"], r1["spr"], r1["snr"],
+                     r1["dsr"], r1["dspr"], r1["dur"], r1["exr"], r1["dexr"], wp, tiles[1]),
                     flags, _team_loop(
                         lambda k0, k1: mod.backward_dir(*args, k0, k1, False, False, True,
                                                         *targs),

@@ -85,3 +85,36 @@ def test_prepared_params_give_the_same_results(name):
     assert sorted(dp) == sorted(p)
     for a, b in zip(*out):
         np.testing.assert_array_equal(b, a)
+
+
+@pytest.mark.parametrize("name", sorted(get_registry().cells()))
+def test_team_path_gives_the_same_results(name):
+    """The team path (float32: each step's units split between two threads, packed products,
+    the cell's rule on compact copies of each half; gatecore.kernels.cpu_kernels.py.in)
+    matches the serial path for every cell: two layers, both directions, lengths with a 0,
+    one batch item (products by _mmd) and several (packed), a hidden size whose second half
+    is not whole panels (37) and one with an empty second half (5). Cells the team path does
+    not take (two-stage, projection) run their usual path under both."""
+    import numpy as np
+
+    import gatecore
+    from conftest import products_path
+
+    for H, B in ((37, 3), (37, 1), (5, 2)):
+        rng = np.random.default_rng(11)
+        p = gatecore.init_params(name, 4, H, num_layers=2, bidirectional=True,
+                                 dtype=np.float32, seed=5)
+        x = rng.standard_normal((7, B, 4)).astype(np.float32)
+        dy = rng.standard_normal((7, B, 2 * H)).astype(np.float32)
+        lengths = [7, 4, 0][:B] if B > 1 else [5]
+        out = {}
+        for path in ("own", "team"):
+            with products_path(path):
+                q = gatecore.prepare(p)
+                y_inf = gatecore.forward(name, x, q, lengths=lengths, training=False)[0].copy()
+                y, s_n, tape = gatecore.forward(name, x, p, lengths=lengths)
+                dx, ds0, dp = gatecore.backward(tape, dy)
+                out[path] = [y_inf, y.copy(), dx.copy(), *(s.copy() for s in s_n),
+                             *(s.copy() for s in ds0), *(dp[k].copy() for k in sorted(dp))]
+        for a, b in zip(out["own"], out["team"]):
+            np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)

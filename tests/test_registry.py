@@ -190,6 +190,21 @@ def test_backward_that_leaves_a_gradient_unwritten_is_refused():
             reg.register(dataclasses.replace(SPEC_LSTM, backward=lazy_backward))
 
 
+def test_rule_that_writes_other_units_entries_is_refused():
+    """A tape laid out unit-major (tp[4*j + q]) breaks the kernels' unit-wise parts (the team
+    path copies tp[q*H + j] of its units): refused at registration, naming the rule."""
+    @njit
+    def unit_major_tape(ax, ah, sp, ex, sn, tp, j, H):
+        for q in range(4):
+            tp[4 * j + q] = ax[q * H + j] + ah[q * H + j]
+        sn[0, j] = tp[4 * j]
+        sn[1, j] = tp[4 * j + 1]
+
+    with fresh_registry(autoload=False) as reg:
+        with pytest.raises(CellSpecError, match=r"'forward'.*writes tp entries of other units"):
+            reg.register(dataclasses.replace(SPEC_LSTM, forward=unit_major_tape))
+
+
 def test_run_time_registration_and_unregistration():
     with fresh_registry(autoload=False) as reg:
         gatecore.register_cell(SPEC_LSTM)

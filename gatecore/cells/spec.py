@@ -37,8 +37,10 @@ engine adds; ``dax``/``dah`` = dL/d pre-activation, input and recurrent part)::
 
 Contract: ``forward`` writes every ``sn[s, j]``; ``backward`` writes every ``dsp[s, j]`` and
 the dax/dah entries of its gates. The functions must be compilable by Numba in nopython
-mode, read only unit ``j``'s entries (``g*H + j`` for gate ``g``) and have no side effects
-beyond those outputs. ``sn[0]`` is the cell output h_t (before the projection when the
+mode, read and write only unit ``j``'s entries (``g*H + j`` for gate ``g``, ``q*H + j`` for
+tape value ``q``, ``[s, j]`` and ``[e, j]``) and have no side effects beyond those outputs
+(the kernels may run a step's units in parts, each over its own copy of its units' entries:
+``check_rules`` runs a rule for one unit alone to check this). ``sn[0]`` is the cell output h_t (before the projection when the
 network has ``proj_size``; only cells with ``supports_projection`` and that never read
 ``sp[0]`` may be projected).
 """
@@ -419,3 +421,52 @@ class CellSpec:
         unwritten("backward", "dex (extra-parameter gradients)", dex, None, hint)
         if self.two_stage:
             unwritten("backward_stage2", "a stage-2 gradient", dax, slice(G1 * H, None), hint)
+        self._check_unit_locality(who, shapes, H)
+
+    def _check_unit_locality(self, who, shapes, H):
+        """Each rule, run for one unit j alone, writes only unit j's entries (``g*H + j``,
+        ``q*H + j`` of the tape, ``[s, j]``): the kernels may run the units of a step in
+        parts, each part over its own copy of its units' entries (the team path)."""
+        G, S, K, E = self.num_gates, self.num_states, self.tape_size, self.num_extra
+        j = H // 2
+        rng = np.random.default_rng(1)
+        ax, ah, sp, ex = (rng.uniform(-0.5, 0.5, size=sh) for sh in ((G * H,), (G * H,), (S, H),
+                                                                     (E, H)))
+        flat = {"tp": (K, H), "sn": (S, H), "u": (1, H), "dax": (G, H), "dah": (G, H),
+                "dsp": (S, H), "dex": (E, H)}
+
+        def check(attr, outs, *args):
+            fn = _as_python(getattr(self, attr))
+            fn(*args, j, H)
+            for name, arr in outs.items():
+                view = arr.reshape(flat[name])
+                touched = ~np.isnan(view) if name != "dex" else view != 0
+                touched[:, j] = False
+                if touched.any():
+                    raise CellSpecError(
+                        f"{who}: rule {attr!r}, run for unit j={j} alone, writes {name} entries "
+                        f"of other units; a rule may write only unit j's entries (g*H + j of "
+                        f"the gates, q*H + j of the tape, [s, j] of the states); {shapes}")
+
+        def nan(*shape):
+            return np.full(shape, np.nan)
+
+        tp = nan(K * H)
+        if self.two_stage:
+            u = nan(H)
+            check("forward_stage1", {"tp": tp, "u": u}, ax, ah, sp, ex, u, tp)
+        full_tp = rng.uniform(0.1, 0.9, size=K * H)
+        sn = nan(S, H)
+        tp2 = full_tp.copy() if self.two_stage else nan(K * H)
+        check("forward", {"sn": sn} if self.two_stage else {"sn": sn, "tp": tp2},
+              ax, ah, sp, ex, sn, tp2)
+        snv = rng.uniform(-0.5, 0.5, size=(S, H))
+        ds = rng.uniform(-0.5, 0.5, size=(S, H))
+        du = np.zeros(H)
+        if self.two_stage:
+            dax, dah, dex = nan(G * H), nan(G * H), np.zeros((E, H))
+            check("backward_stage2", {"dax": dax, "dah": dah, "dex": dex},
+                  ax, full_tp, sp, snv, ex, ds, dax, dah, dex)
+        dax, dah, dsp, dex = nan(G * H), nan(G * H), nan(S, H), np.zeros((E, H))
+        check("backward", {"dax": dax, "dah": dah, "dsp": dsp, "dex": dex},
+              ax, full_tp, sp, snv, ex, ds, du, dax, dah, dsp, dex)

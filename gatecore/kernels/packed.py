@@ -40,7 +40,8 @@ from numba.extending import intrinsic, models, register_model
 
 from .. import config
 
-__all__ = ["pack_rows", "pack_cols", "pgemm", "team_step", "team_worker", "FLAGS",
+__all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "team_step", "team_worker",
+           "team_post", "team_claim", "team_wait", "team_next", "team_done", "FLAGS",
            "packed_size", "usable"]
 
 CACHE = config.use_disk_cache()
@@ -49,10 +50,11 @@ MR = 6  # rows of C per micro-kernel call
 
 #: slots of the flags array (int64): POSTED (caller: sequence number of the posted product),
 #: CLAIM (the sequence number whose second half somebody took), DONE (worker: last finished),
-#: STOP (caller: the worker returns), AOFF (offset of the posted product's A in the worker's
-#: base array). Each on its own 64-byte line.
-POSTED, CLAIM, DONE, STOP, AOFF = 0, 8, 16, 24, 32
-FLAGS = 40
+#: STOP (caller: the worker returns), AOFF (the posted job's argument, for a product the
+#: offset of its A in the worker's base array), EXITED (the worker's task has returned:
+#: ``gatecore.overlap.run_team``). Each on its own 64-byte line.
+POSTED, CLAIM, DONE, STOP, AOFF, EXITED = 0, 8, 16, 24, 32, 40
+FLAGS = 48
 
 _VT = ir.VectorType(ir.FloatType(), 8)
 _I32 = ir.IntType(32)
@@ -156,6 +158,15 @@ def _vfma(typingctx, a, b, c):
         fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT] * 3),
                                             "llvm.fma.v8f32")
         return builder.call(fn, args)
+    return sig, codegen
+
+
+@intrinsic
+def _vadd(typingctx, a, b):
+    sig = vec8f(vec8f, vec8f)
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
     return sig, codegen
 
 
@@ -335,36 +346,48 @@ def _k4(a, ao, lda, bp, bo, c, co, ldc, K, acc, r):
 
 @njit(cache=CACHE, nogil=True, inline="always")
 def _k1(a, ao, bp, bo, c, co, K, acc):
-    """One row: c[co:co+16] = (c if acc, else 0) + A row @ panel slice."""
+    """One row: c[co:co+16] = (c if acc, else 0) + A row @ panel slice. Even and odd k
+    accumulate apart (four chains of FMAs: two would wait on the FMA latency)."""
     c0 = _vzero()
     c1 = _vzero()
+    d0 = _vzero()
+    d1 = _vzero()
     if acc:
         c0 = _vload(c, co)
         c1 = _vload(c, co + 8)
-    for k in range(K):
+    K2 = K - K % 2
+    for k in range(0, K2, 2):
         x = _vbload(a, ao + k)
         c0 = _vfma(x, _vload(bp, bo + NR * k), c0)
         c1 = _vfma(x, _vload(bp, bo + NR * k + 8), c1)
-    _vstore(c, co, c0)
-    _vstore(c, co + 8, c1)
+        z = _vbload(a, ao + k + 1)
+        d0 = _vfma(z, _vload(bp, bo + NR * k + 16), d0)
+        d1 = _vfma(z, _vload(bp, bo + NR * k + 24), d1)
+    if K2 < K:
+        x = _vbload(a, ao + K2)
+        c0 = _vfma(x, _vload(bp, bo + NR * K2), c0)
+        c1 = _vfma(x, _vload(bp, bo + NR * K2 + 8), c1)
+    _vstore(c, co, _vadd(c0, d0))
+    _vstore(c, co + 8, _vadd(c1, d1))
 
 
 @njit(cache=CACHE, nogil=True)
-def _block(a, ao, K, bp, bo, c, N, i, r, j0, nj, kk, acc, tile):
-    """Rows i .. i+r-1 (r = 6, 1 .. 4) of C, columns j0 .. j0+nj-1 (one panel), over kk k's."""
+def _block(a, ao, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc, tile):
+    """Rows i .. i+r-1 (r = 6, 1 .. 4) of C (at c[co], rows ldc apart), columns j0 .. j0+nj-1
+    (one panel), over kk k's."""
     if nj == NR:
         if r == MR:
-            _k6(a, ao, K, bp, bo, c, i * N + j0, N, kk, acc)
+            _k6(a, ao, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc)
         elif r == 1:
-            _k1(a, ao, bp, bo, c, i * N + j0, kk, acc)
+            _k1(a, ao, bp, bo, c, co + i * ldc + j0, kk, acc)
         else:
-            _k4(a, ao, K, bp, bo, c, i * N + j0, N, kk, acc, r)
+            _k4(a, ao, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc, r)
         return
     # last panel of a width that is not a multiple of 16: through the tile
     if acc:
         for q in range(r):
             for j in range(nj):
-                tile[q * NR + j] = _fload(c, (i + q) * N + j0 + j)
+                tile[q * NR + j] = _fload(c, co + (i + q) * ldc + j0 + j)
     if r == MR:
         _k6(a, ao, K, bp, bo, tile, 0, NR, kk, acc)
     elif r == 1:
@@ -373,7 +396,44 @@ def _block(a, ao, K, bp, bo, c, N, i, r, j0, nj, kk, acc, tile):
         _k4(a, ao, K, bp, bo, tile, 0, NR, kk, acc, r)
     for q in range(r):
         for j in range(nj):
-            _fstore(c, (i + q) * N + j0 + j, tile[q * NR + j])
+            _fstore(c, co + (i + q) * ldc + j0 + j, tile[q * NR + j])
+
+
+@njit(cache=CACHE, nogil=True)
+def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=1024, afloats=98304):
+    """As ``pgemm``, C [M, N] starting at element ``co`` of ``c`` with rows ``ldc`` elements
+    apart (a block of columns of a wider array)."""
+    kc = K
+    if M > 96 and K > kcmax:
+        kc = -(-K // -(-K // kcmax))
+    mc = max(MR, (afloats // max(kc, 1)) // MR * MR)
+    k0 = 0
+    while True:  # at least once: K = 0 gives zeros
+        kk = min(kc, K - k0)
+        acc = k0 > 0
+        for i0 in range(0, M, mc):
+            i1 = min(M, i0 + mc)
+            for p in range(p0, p1):
+                bo = p * K * NR + k0 * NR
+                j0 = p * NR
+                nj = min(NR, N - j0)
+                i = i0
+                if nj == NR:  # (the full blocks of a full panel without a call each)
+                    while i + MR <= i1:
+                        _k6(a, ao + i * K + k0, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc)
+                        i += MR
+                while i + MR <= i1:
+                    _block(a, ao + i * K + k0, K, bp, bo, c, co, ldc, i, MR, j0, nj, kk, acc,
+                           tile)
+                    i += MR
+                while i < i1:  # 1 .. 5 rows left: blocks of at most 4
+                    r = min(4, i1 - i)
+                    _block(a, ao + i * K + k0, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc,
+                           tile)
+                    i += r
+        k0 += kc
+        if k0 >= K:
+            break
 
 
 @njit(cache=CACHE, nogil=True)
@@ -390,35 +450,7 @@ def pgemm(a, ao, bp, c, M, K, N, p0, p1, tile, kcmax=1024, afloats=98304):
     and blocks of rows holding about 384 KiB of A (in L2 across all panels); a per-step
     product (at most 96 rows) is one block over all k.
     """
-    kc = K
-    if M > 96 and K > kcmax:
-        kc = -(-K // -(-K // kcmax))
-    mc = max(MR, (afloats // max(kc, 1)) // MR * MR)
-    k0 = 0
-    while True:  # at least once: K = 0 gives zeros
-        kk = min(kc, K - k0)
-        acc = k0 > 0
-        for i0 in range(0, M, mc):
-            i1 = min(M, i0 + mc)
-            for p in range(p0, p1):
-                bo = p * K * NR + k0 * NR
-                j0 = p * NR
-                nj = min(NR, N - j0)
-                i = i0
-                if nj == NR:
-                    while i + MR <= i1:
-                        _k6(a, ao + i * K + k0, K, bp, bo, c, i * N + j0, N, kk, acc)
-                        i += MR
-                while i + MR <= i1:
-                    _block(a, ao + i * K + k0, K, bp, bo, c, N, i, MR, j0, nj, kk, acc, tile)
-                    i += MR
-                while i < i1:  # 1 .. 5 rows left: blocks of at most 4
-                    r = min(4, i1 - i)
-                    _block(a, ao + i * K + k0, K, bp, bo, c, N, i, r, j0, nj, kk, acc, tile)
-                    i += r
-        k0 += kc
-        if k0 >= K:
-            break
+    pgemm_at(a, ao, bp, c, 0, N, M, K, N, p0, p1, tile, kcmax, afloats)
 
 
 def packed_size(K: int, N: int) -> int:
@@ -464,6 +496,57 @@ def pack_cols(w, bp):
 
 
 @njit(cache=CACHE, nogil=True)
+def team_post(flags, seq, arg):
+    """Caller: post job number ``seq`` (1, 2, ... in order) with the int ``arg`` (for
+    example where A starts); then do the first half, ``team_claim``, the second half if
+    claimed, else ``team_wait``."""
+    flags[AOFF] = arg
+    _astore(flags, POSTED, seq)
+
+
+@njit(cache=CACHE, nogil=True)
+def team_claim(flags, seq):
+    """Either thread: take the second half of job ``seq``; whether this thread got it."""
+    return _acas(flags, CLAIM, seq - 1, seq)
+
+
+@njit(cache=CACHE, nogil=True)
+def team_wait(flags, seq):
+    """Caller: wait until the worker has finished its half of job ``seq``."""
+    while _aload(flags, DONE) != seq:
+        _pause()
+
+
+@njit(cache=CACHE, nogil=True)
+def team_next(flags, last):
+    """Worker: wait for a job newer than ``last``; its number, or 0 once STOP is set."""
+    while True:
+        s = _aload(flags, POSTED)
+        if s > last:
+            return s
+        if _aload(flags, STOP) != 0:
+            return 0
+        _pause()
+
+
+@njit(cache=CACHE, nogil=True)
+def team_done(flags, seq):
+    """Worker: its half of job ``seq`` is finished (after ``team_claim`` gave it)."""
+    _astore(flags, DONE, seq)
+
+
+@njit(cache=CACHE, nogil=True)
+def wait_exited(flags, spins):
+    """Spin (without the GIL) until flags[EXITED] is set, at most ``spins`` times; whether
+    it was."""
+    for _ in range(spins):
+        if _aload(flags, EXITED) != 0:
+            return True
+        _pause()
+    return _aload(flags, EXITED) != 0
+
+
+@njit(cache=CACHE, nogil=True)
 def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile):
     """Product number ``seq`` (1, 2, ...) of a team: c = A @ W, the caller's side.
 
@@ -471,39 +554,29 @@ def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile):
     thread computes panels [0, split); panels [split, P) are the worker's unless it has not
     claimed them when this thread is done, then this thread computes them too.
     """
-    P = -(-N // NR)
-    flags[AOFF] = aoff
-    _astore(flags, POSTED, seq)
+    team_post(flags, seq, aoff)
     pgemm(abase, aoff, bp, c, M, K, N, 0, split, tile)
-    if split < P:
-        if _acas(flags, CLAIM, seq - 1, seq):
-            pgemm(abase, aoff, bp, c, M, K, N, split, P, tile)
-        else:
-            while _aload(flags, DONE) != seq:
-                _pause()
+    if team_claim(flags, seq):
+        pgemm(abase, aoff, bp, c, M, K, N, split, -(-N // NR), tile)
     else:
-        flags[CLAIM] = seq
+        team_wait(flags, seq)
 
 
 @njit(cache=CACHE, nogil=True)
 def team_worker(flags, abase, bp, c, M, K, N, split, tile):
     """The worker's side of a team: until STOP, compute panels [split, P) of each posted
     product it claims (A at ``abase`` + the posted offset). Returns the number computed."""
-    P = -(-N // NR)
     last = 0
     done = 0
     while True:
-        s = _aload(flags, POSTED)
-        if s > last:
-            last = s
-            if _acas(flags, CLAIM, s - 1, s):
-                pgemm(abase, flags[AOFF], bp, c, M, K, N, split, P, tile)
-                _astore(flags, DONE, s)
-                done += 1
-        elif _aload(flags, STOP) != 0:
+        s = team_next(flags, last)
+        if s == 0:
             return done
-        else:
-            _pause()
+        last = s
+        if team_claim(flags, s):
+            pgemm(abase, flags[AOFF], bp, c, M, K, N, split, -(-N // NR), tile)
+            team_done(flags, s)
+            done += 1
 
 
 def _target_has_fma() -> bool:
