@@ -479,20 +479,25 @@ def pack_rows(w, row0, n, bp):
 
 @njit(cache=CACHE, nogil=True)
 def pack_cols(w, bp):
-    """bp = packed (w): panels of 16 columns of ``w`` [K, N] (C-contiguous), zero past N."""
+    """bp = packed (w): panels of 16 columns of ``w`` [K, N] (C-contiguous), zero past N.
+
+    Rows are taken 16 at a time across all panels (panel by panel over all rows touched a
+    new page per row: 4096 x 1024 in 18 against 6.6 ms)."""
     K, N = w.shape
     P = -(-N // NR)
-    for p in range(P):
-        base = p * K * NR
-        j0 = p * NR
-        nj = min(NR, N - j0)
-        for k in range(K):
-            row = w[k]
-            o = base + k * NR
-            for j in range(nj):
-                bp[o + j] = row[j0 + j]
-            for j in range(nj, NR):
-                bp[o + j] = 0.0
+    for k0 in range(0, K, 16):
+        k1 = min(K, k0 + 16)
+        for p in range(P):
+            base = p * K * NR
+            j0 = p * NR
+            nj = min(NR, N - j0)
+            for k in range(k0, k1):
+                row = w[k]
+                o = base + k * NR
+                for j in range(nj):
+                    bp[o + j] = row[j0 + j]
+                for j in range(nj, NR):
+                    bp[o + j] = 0.0
 
 
 @njit(cache=CACHE, nogil=True)
