@@ -18,7 +18,10 @@ packed once these kernels reach about 90-95 GFLOP/s on one core of the 2-core EP
 streams 16 MB of weights per step), against 100-115 for OpenBLAS.
 
 Two threads share a product by column panels (``team_step`` on the caller, ``team_worker``
-on a second thread, see ``gatecore.overlap.run_team``). They meet through an int64 ``flags``
+on a second thread, see ``gatecore.overlap.run_team``); the time loops of the generated
+kernels (``cpu_kernels.py.in``) use the same protocol (``team_post``, ``team_claim``,
+``team_wait``, ``team_next``, ``team_done``) for jobs of their own, a step split by hidden
+units. They meet through an int64 ``flags``
 array with atomic loads, stores and compare-and-swap, spinning (a step lasts 0.1-2 ms, a
 thread wake-up 50 us): per product (sequence number s) the caller posts s, computes its
 panels, then claims the worker's panels unless the worker has claimed them already, so a
