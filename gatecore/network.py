@@ -277,14 +277,14 @@ def _team_loop(run, T, step_macs, reverse_order):
     return body
 
 
-def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, no_team):
+def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d):
     """forward_dir over all steps, the input product of later chunks on the worker."""
     def produce(k0, k1):
         t0, t1 = (T - k1, T - k0) if reverse else (k0, k1)
         mod._mm(in2d[t0 * B:t1 * B], wihc, 0, gx2d[t0 * B:t1 * B])
 
     def consume(k0, k1):
-        mod.forward_dir(*args, k0, k1, False, *no_team)
+        mod.forward_dir(*args, k0, k1, False)
 
     overlap.run_chunked(overlap.chunk_bounds(T), produce, consume)
 
@@ -517,24 +517,21 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             if ext:
                 for s_ in range(T):
                     np.matmul(hp[s_ if keep else s_ % 2], w1c, out=gh1)
-                    mod.forward_dir(*args, s_, s_ + 1, True, False, wp, flags, tiles[0],
-                                    rows["exr"])
-            elif team:
-                r1 = rows1
+                    mod.forward_dir(*args, s_, s_ + 1, True)
+            elif team:  # (the worker has its own scratch rows and tile)
+                def targs(r, tile):
+                    return (gx, bih, whh, bhh, ex, lengths, bool(d), keep, hp, st, tp, gh1,
+                            r["axr"], r["ahr"], r["spr"], r["snr"], r["tpr"], r["exr"], y,
+                            d * Hr, wp, tile)
                 overlap.run_team(
-                    mod.team_forward_worker,
-                    (flags, gx, bih, whh, bhh, ex, lengths, bool(d), keep, hp, st, tp, gh1,
-                     r1["axr"], r1["ahr"], r1["spr"], r1["snr"], r1["tpr"], r1["exr"], y, d * Hr,
-                     wp, tiles[1]),
-                    flags, _team_loop(
-                        lambda k0, k1: mod.forward_dir(*args, k0, k1, False, True, wp, flags,
-                                                       tiles[0], rows["exr"]),
-                        T, _step_macs(spec, dims, B), False))
+                    mod.team_forward_worker, (flags, *targs(rows1, tiles[1])), flags,
+                    _team_loop(lambda k0, k1: mod.forward_team(k0, k1, flags,
+                                                               *targs(rows, tiles[0])),
+                               T, _step_macs(spec, dims, B), False))
             elif pipe:
-                _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d,
-                                    (False, wp, flags, tiles[0], rows["exr"]))
+                _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d)
             else:
-                mod.forward_dir(*args, 0, T, False, False, wp, flags, tiles[0], rows["exr"])
+                mod.forward_dir(*args, 0, T, False)
             last = T if keep else T % 2
             state_n[0][idx] = hp[last]
             for s in range(1, S):
@@ -647,26 +644,25 @@ def run_backward(tape: Tape, dy, dstate_n):
                     dhr, ds, dax, dah1, dah2, du, dhnew, dhist, dm, dex_buf,
                     rows["axr"], rows["daxr"], rows["dahr"], rows["tpr"], rows["spr"],
                     rows["snr"], rows["dsr"], rows["dspr"], rows["dur"], own)
-            targs = (wp, flags, tiles[0], rows["exr"], rows["dexr"])
             if ext:  # time loop here, recurrent products by NumPy's BLAS
                 for s_ in range(T - 1, -1, -1):
-                    mod.backward_dir(*args, s_, s_ + 1, True, s_ < T - 1, False, *targs)
+                    mod.backward_dir(*args, s_, s_ + 1, True, s_ < T - 1)
                     np.matmul(dah1[s_], whh, out=dhnew)
-                mod.backward_dir(*args, 0, 0, True, T > 0, False, *targs)
-            elif team:
-                r1 = rows1
+                mod.backward_dir(*args, 0, 0, True, T > 0)
+            elif team:  # (the worker has its own scratch rows and tile)
+                def targs(r, tile):
+                    return (buf["gx"], w1c, buf["ex"], lengths, bool(d), buf["st"], buf["tp"],
+                            d_out if has_dy else dummy_dy, has_dy, d * Hr, dhr, ds, dax, dah1,
+                            dhnew, dex_buf, r["axr"], r["daxr"], r["dahr"], r["tpr"], r["spr"],
+                            r["snr"], r["dsr"], r["dspr"], r["dur"], r["exr"], r["dexr"], wp,
+                            tile)
                 overlap.run_team(
-                    mod.team_backward_worker,
-                    (flags, buf["gx"], w1c, buf["ex"], lengths, bool(d), buf["st"], buf["tp"],
-                     d_out if has_dy else dummy_dy, has_dy, d * Hr, dhr, ds, dax, dah1, dhnew,
-                     dex_buf, r1["axr"], r1["daxr"], r1["dahr"], r1["tpr"], r1["spr"], r1["snr"],
-                     r1["dsr"], r1["dspr"], r1["dur"], r1["exr"], r1["dexr"], wp, tiles[1]),
-                    flags, _team_loop(
-                        lambda k0, k1: mod.backward_dir(*args, k0, k1, False, False, True,
-                                                        *targs),
-                        T, _step_macs(spec, dims, B), True))
+                    mod.team_backward_worker, (flags, *targs(rows1, tiles[1])), flags,
+                    _team_loop(lambda k0, k1: mod.backward_team(k0, k1, flags,
+                                                                *targs(rows, tiles[0])),
+                               T, _step_macs(spec, dims, B), True))
             else:
-                mod.backward_dir(*args, 0, T, False, False, False, *targs)
+                mod.backward_dir(*args, 0, T, False, False)
             dstate0[0][idx] = dhr
             for s in range(1, S):
                 dstate0[s][idx] = ds[s]

@@ -58,9 +58,9 @@ def _template() -> str:
     return resources.files("gatecore.kernels").joinpath("cpu_kernels.py.in").read_text()
 
 
-def _specialise(src: str, two_stage: bool, float32: bool = False) -> str:
-    """Keep the template's "#1 " lines (one-stage cells), "#2 " lines (two-stage cells) and
-    "#f " lines (float32 modules: the packed products) that apply, without the prefix."""
+def _specialise(src: str, two_stage: bool) -> str:
+    """Keep the template's "#1 " lines (one-stage cells) or "#2 " lines (two-stage cells),
+    without the prefix."""
     out = []
     for line in src.splitlines():
         if line.startswith("#1 "):
@@ -68,9 +68,6 @@ def _specialise(src: str, two_stage: bool, float32: bool = False) -> str:
                 out.append(line[3:])
         elif line.startswith("#2 "):
             if two_stage:
-                out.append(line[3:])
-        elif line.startswith("#f "):
-            if float32:
                 out.append(line[3:])
         else:
             out.append(line)
@@ -171,7 +168,7 @@ def _build(spec: CellSpec, dname: str, fp: str) -> types.ModuleType:
         f"AXB = {_reads_first_argument(spec.backward) or _reads_first_argument(spec.backward_stage2)}\n"
         f"DTYPE = {dname!r}\nCACHE = {cache}\n\n"
     )
-    src = header + _specialise(_template(), spec.two_stage, dname == "float32")
+    src = header + _specialise(_template(), spec.two_stage)
     return load_generated(f"cpu_{spec.name}_{spec.variant or 'base'}_{dname}", src, fp, dict(
         _fwd1=inline_rule(spec.forward_stage1, dname),
         _fwd=inline_rule(spec.forward, dname),
