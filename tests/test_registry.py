@@ -205,6 +205,22 @@ def test_rule_that_writes_other_units_entries_is_refused():
             reg.register(dataclasses.replace(SPEC_LSTM, forward=unit_major_tape))
 
 
+def test_rule_that_reads_another_units_entries_is_refused():
+    """A rule mixing neighbouring units (sp[0, j - 1]) would read the wrong values on the
+    team path, where each thread's units are copied apart: refused at registration."""
+    @njit
+    def neighbour_backward(ax, tp, sp, sn, ex, ds, du, dax, dah, dsp, dex, j, H):
+        for g in range(4):
+            dax[g * H + j] = ds[0, j] + ds[0, j - 1]
+            dah[g * H + j] = ds[1, j]
+        dsp[0, j] = 0.0
+        dsp[1, j] = ds[1, j]
+
+    with fresh_registry(autoload=False) as reg:
+        with pytest.raises(CellSpecError, match=r"'backward'.*reads other units' entries"):
+            reg.register(dataclasses.replace(SPEC_LSTM, backward=neighbour_backward))
+
+
 def test_run_time_registration_and_unregistration():
     with fresh_registry(autoload=False) as reg:
         gatecore.register_cell(SPEC_LSTM)

@@ -425,8 +425,9 @@ class CellSpec:
 
     def _check_unit_locality(self, who, shapes, H):
         """Each rule, run for one unit j alone, writes only unit j's entries (``g*H + j``,
-        ``q*H + j`` of the tape, ``[s, j]``): the kernels may run the units of a step in
-        parts, each part over its own copy of its units' entries (the team path)."""
+        ``q*H + j`` of the tape, ``[s, j]``) and reads no other unit's (run again with them
+        NaN): the kernels may run the units of a step in parts, each part over its own copy
+        of its units' entries (the team path)."""
         G, S, K, E = self.num_gates, self.num_states, self.tape_size, self.num_extra
         j = H // 2
         rng = np.random.default_rng(1)
@@ -434,6 +435,13 @@ class CellSpec:
                                                                      (E, H)))
         flat = {"tp": (K, H), "sn": (S, H), "u": (1, H), "dax": (G, H), "dah": (G, H),
                 "dsp": (S, H), "dex": (E, H)}
+
+        def masked(a):
+            """A copy of input ``a`` with every other unit's entries NaN."""
+            m = np.full_like(a, np.nan)
+            a2, m2 = a.reshape(-1, H), m.reshape(-1, H)
+            m2[:, j] = a2[:, j]
+            return m
 
         def check(attr, outs, *args):
             fn = _as_python(getattr(self, attr))
@@ -447,6 +455,18 @@ class CellSpec:
                         f"{who}: rule {attr!r}, run for unit j={j} alone, writes {name} entries "
                         f"of other units; a rule may write only unit j's entries (g*H + j of "
                         f"the gates, q*H + j of the tape, [s, j] of the states); {shapes}")
+            # reads: every other unit's inputs NaN; unit j's outputs must stay finite
+            ids = {id(a) for a in outs.values()}
+            fresh = {id(a): np.zeros_like(a) for a in outs.values()}
+            fn(*(fresh[id(a)] if id(a) in ids else masked(a) for a in args), j, H)
+            for name, arr in outs.items():
+                col = fresh[id(arr)].reshape(flat[name])[:, j]
+                if not np.isfinite(col).all():
+                    raise CellSpecError(
+                        f"{who}: rule {attr!r}, run for unit j={j} with every other unit's "
+                        f"inputs NaN, gives NaN in {name}: it reads other units' entries; a "
+                        f"rule may read only unit j's entries (g*H + j of the gates, q*H + j of "
+                        f"the tape, [s, j] of the states and extra parameters); {shapes}")
 
         def nan(*shape):
             return np.full(shape, np.nan)
