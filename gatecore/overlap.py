@@ -197,12 +197,8 @@ class _Chunks:
                 self.done[c] = True
                 self.cond.notify_all()
 
-    def work(self, cpus: set[int] | None) -> None:
-        """The worker's task: claim and compute chunks 1, 2, ... until none is left.
-
-        ``cpus``: where the worker may run (all but the caller's CPU, see ``_pin_caller``).
-        """
-        _set_cpus(cpus)
+    def work(self) -> None:
+        """The worker's task: claim and compute chunks 1, 2, ... until none is left."""
         for c in range(1, len(self.owner)):
             if self._claim(c, 2):
                 self._run(c)
@@ -306,11 +302,11 @@ _EXIT_SPINS = 20000
 
 @contextlib.contextmanager
 def _worker_for(task, stop, wanted: bool = True, exited=None):
-    """Hand ``task(cpus)`` to the worker thread for the duration of the ``with`` block.
+    """Hand ``task()`` to the worker thread for the duration of the ``with`` block.
 
     Yields the task's future, or None: no worker (``wanted`` false, overlapping disabled,
     another call in flight, interpreter shutdown). Only a call alone in flight uses the
-    worker and pins itself (``_pin_caller``; ``cpus``: where the worker may run): concurrent
+    worker and pins itself (``_pin_caller``; the worker runs the task on the other CPUs): concurrent
     callers pinned themselves to whichever CPU they were on, often the same one, while the
     single worker could serve only one of them anyway. On leaving (also on errors) ``stop()``
     tells the task to finish, and the worker is waited for (through Ctrl-C too) before this
@@ -330,7 +326,8 @@ def _worker_for(task, stop, wanted: bool = True, exited=None):
             if alone:
                 pinned = _pin_caller()
                 try:
-                    future = _worker_pool().submit(task, pinned[1] if pinned else None)
+                    future = _worker_pool().submit(_on_cpus, pinned[1] if pinned else None,
+                                                   task)
                 except RuntimeError:  # interpreter shutting down: no new threads
                     future = None
         yield future
@@ -380,9 +377,8 @@ def run_team(worker, args, flags, body) -> None:
     stopped (``_DeferSigint``); ``body(interrupted)`` should stop early once
     ``interrupted()`` is true (KeyboardInterrupt follows).
     """
-    def task(cpus):
+    def task():
         try:
-            _set_cpus(cpus)
             return worker(*args)
         finally:
             flags[EXITED] = 1
@@ -419,8 +415,7 @@ def run_pair(mine, theirs, sigint_held: bool = False) -> None:
                 owner[0] = who
             return owner[0] == who
 
-    def task(cpus):
-        _set_cpus(cpus)
+    def task():
         if claim(2):
             theirs()
 
@@ -433,10 +428,11 @@ def run_pair(mine, theirs, sigint_held: bool = False) -> None:
             future.result()  # the worker's error, if any
 
 
-def _set_cpus(cpus) -> None:
-    """Restrict the calling (worker) thread to ``cpus`` (None: leave it)."""
+def _on_cpus(cpus, task):
+    """Restrict the calling (worker) thread to ``cpus`` (None: leave it), then run ``task()``."""
     if cpus is not None:
         try:
             os.sched_setaffinity(0, cpus)
         except OSError:
             pass
+    return task()
