@@ -225,6 +225,10 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
 
 def _team_buffers(ws, dtype):
     """(flags, tiles [2, 6*16], empty packed weights) for the packed products' teams."""
+    return ws.fixed(("team", dtype), lambda: _make_team_buffers(ws, dtype))
+
+
+def _make_team_buffers(ws, dtype):
     flags = ws.get("team_flags", np.dtype(np.int64), lambda T_, B_: (kpacked.FLAGS,))
     tiles = ws.get("team_tiles", dtype, lambda T_, B_: (2, kpacked.MR * kpacked.NR))
     no_wp = ws.get("no_wp", dtype, lambda T_, B_: (0,))
@@ -338,6 +342,11 @@ def _rows(ws, dtype, spec, H, prefix="r_"):
     a team's worker thread has its own set (``prefix`` "r1_")."""
     G, S, K = spec.num_gates, spec.num_states, spec.tape_size
     E = spec.num_extra
+    return ws.fixed(("rows", prefix, dtype, G, S, K, E, H),
+                    lambda: _make_rows(ws, dtype, G, S, K, E, H, prefix))
+
+
+def _make_rows(ws, dtype, G, S, K, E, H, prefix):
     shapes = dict(axr=(G * H,), ahr=(G * H,), daxr=(G * H,), dahr=(G * H,), tpr=(K * H,),
                   spr=(S, H), snr=(S, H), dsr=(S, H), dspr=(S, H), ur=(H,), dur=(H,),
                   exr=(E, H), dexr=(E, H))
