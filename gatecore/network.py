@@ -177,7 +177,11 @@ def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
     faster (model: yes); T=100, B=8, H=64, input 64: about 4% faster (yes, at the margin; an
     in-process on/off alternation measured it 10% slower); input 128: 15% slower (no); T=300,
     B=4, input 512: 1.9x slower (no); T=1000, B=1, H=128, input 256: 10-20% faster (the model
-    says no: conservative there).
+    says no: conservative there). The constants are those of ``_mm``; float32 now runs both
+    the worker's chunks and (from PACKED_OWN_MIN_BATCH items) the recurrent products over packed
+    weights, about 1.3-2x faster per multiply-add, which lowers ``gown`` and ``rec`` alike:
+    the model was not refitted (two-thread timings on this host varied by 1.5x within minutes,
+    more than the refit would change).
     """
     rec = B * GH * Hr * (0.046 if B == 1 else 0.033) + B * H * 7.0
     gnp = B * GH * I * 0.017
