@@ -115,8 +115,9 @@ PACKED_OWN_MIN_BATCH = 4
 
 
 def packed_own(dtype, batch: int) -> bool:
-    """Whether a call whose per-step products are the kernels' own runs them packed."""
-    return batch >= PACKED_OWN_MIN_BATCH and kpacked.usable(dtype)
+    """Whether a call whose per-step products are the kernels' own runs them packed (never
+    for one item: the kernels multiply it by _mmd over weight_hh, whatever the threshold)."""
+    return batch >= max(2, PACKED_OWN_MIN_BATCH) and kpacked.usable(dtype)
 
 
 #: per-step multiply-adds from which the time loops (forward and BPTT) of one-stage cells
@@ -544,11 +545,11 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 if need:
                     transpose_into(whh[:G1H], w1c)
                 if spec.two_stage:
-                    w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (H, G2H))
+                    w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (0 if pown else H, G2H))
                     if need:
                         transpose_into(whh[G1H:], w2c)
                 if dims.proj_size:
-                    whrc = ws.get(f"whrc{tag}", dtype, lambda T_, B_: (H, Hr))
+                    whrc = ws.get(f"whrc{tag}", dtype, lambda T_, B_: (0 if pown else H, Hr))
                     if need:
                         transpose_into(whr, whrc)
             wp1 = wp2 = wpr = no_wp
@@ -586,7 +587,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 state_n[s][idx] = st[s, last]
             if keep:
                 buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex, mh=mh, w1c=w1c,
-                                       w2c=w2c, whrc=whrc)
+                                       w2c=w2c, whrc=whrc, pown=pown)
         layer_in = y
         if keep and k + 1 < L:
             xs.append(y)
@@ -618,7 +619,6 @@ def run_backward(tape: Tape, dy, dstate_n):
     own = own_products(spec, dims, B)
     team = tape.team  # as forward decided (its tape has no transposed copies then)
     own = own and not team
-    pown = own and packed_own(dtype, B)  # as forward decided (no transposed copies then)
     ext = external_products(spec, dims, B) and not team
     mm, mm_acc = _products(own, ext or team)
     rows = _rows(ws, dtype, spec, H)
@@ -688,7 +688,8 @@ def run_backward(tape: Tape, dy, dstate_n):
                 w1c = ws.get("b_w1c", dtype, lambda T_, B_: (Hr, G1H))
                 transpose_into(whh[:G1H], w1c)
             wq1 = wq2 = wqr = no_wp
-            if pown:  # packed by columns: dhnew = dah1[k] @ weight_hh[:G1H] etc.
+            if buf["pown"]:  # as forward decided (its tape has no transposed copies then):
+                # packed by columns, dhnew = dah1[k] @ weight_hh[:G1H] etc.
                 wq1 = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
                 kpacked.pack_cols(whh[:G1H], wq1)
                 if spec.two_stage:

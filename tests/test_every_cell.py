@@ -121,7 +121,7 @@ def test_team_path_gives_the_same_results(name):
 
 
 @pytest.mark.parametrize("name,proj", [(n, 0) for n in sorted(get_registry().cells())]
-                         + [("lstm", 3)])
+                         + [("lstm", 3), ("peephole_lstm", 3)])
 def test_packed_own_products_give_the_same_results(name, proj):
     """The kernels' own per-step products over packed weights (float32, batches of
     network.PACKED_OWN_MIN_BATCH and more: forward's recurrent, stage-2 and projection
@@ -129,7 +129,8 @@ def test_packed_own_products_give_the_same_results(name, proj):
     worker) match _mm/_mmd on transposed copies: every cell, two layers, both directions,
     lengths with a 0, batch sizes 4 (two blocks of 4 rows: no 6-row block), 8 (4 + 4) and 13
     (6 + 6 + 1), a hidden size that is not whole panels (37), with and without projection
-    (LSTM), prepared and plain parameters."""
+    (LSTM, peephole LSTM), prepared and plain parameters. Also: a tape keeps the choice
+    (backward after the threshold changed), and one batch item never runs packed."""
     import numpy as np
 
     import gatecore
@@ -167,3 +168,26 @@ def test_packed_own_products_give_the_same_results(name, proj):
              overlap.enabled) = saved
         for a, b in zip(out[False], out[True]):
             np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+        # forward packed, backward after the threshold changed: the tape says packed
+        y, _, tape = gatecore.forward(name, x, p, lengths=lengths, workspace=gatecore.Workspace())
+        try:
+            network.PACKED_OWN_MIN_BATCH = 1 << 30
+            dx = gatecore.backward(tape, dy)[0]
+        finally:
+            network.PACKED_OWN_MIN_BATCH = saved[0]
+        np.testing.assert_allclose(dx, out[True][3], rtol=2e-5, atol=2e-5)
+    # one item with any threshold: forward and backward agree with the default
+    p1 = gatecore.init_params(name, 5, 24, proj_size=proj, dtype=np.float32, seed=1)
+    x1 = np.random.default_rng(1).standard_normal((7, 1, 5)).astype(np.float32)
+    dy1 = np.ones((7, 1, proj or 24), np.float32)
+    res = []
+    for threshold in (saved[0], 1):
+        try:
+            network.PACKED_OWN_MIN_BATCH = threshold
+            y, _, tape = gatecore.forward(name, x1, p1, workspace=gatecore.Workspace())
+            res.append((y.copy(), gatecore.backward(tape, dy1)[0].copy()))
+        finally:
+            network.PACKED_OWN_MIN_BATCH = saved[0]
+    for a, b in zip(*res):
+        assert np.all(np.isfinite(b))
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
