@@ -58,6 +58,7 @@ class Tape:
     xs: list  # layer inputs, time-major [T, B, *]
     buffers: dict  # (k, d) -> dict of gx, hp, st, u, tp, ex, mh, w1c, w2c, whrc
     team: bool = False  # forward ran packed products (no transposed copies w1c on the tape)
+    packed_own: bool = False  # forward's own products ran packed (no transposed copies either)
 
     def check_fresh(self) -> None:
         """Raise :class:`StaleTapeError` if the workspace was reused since this tape was made."""
@@ -587,14 +588,14 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 state_n[s][idx] = st[s, last]
             if keep:
                 buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex, mh=mh, w1c=w1c,
-                                       w2c=w2c, whrc=whrc, pown=pown)
+                                       w2c=w2c, whrc=whrc)
         layer_in = y
         if keep and k + 1 < L:
             xs.append(y)
     tape = None
     if keep:
         tape = Tape(spec, dims, dtype, T, B, batch_first, unbatched, lengths, layers, ws, gen,
-                    xs, buffers, team)
+                    xs, buffers, team, pown)
     return layer_in, state_n, tape
 
 
@@ -618,6 +619,7 @@ def run_backward(tape: Tape, dy, dstate_n):
     lengths = tape.lengths
     own = own_products(spec, dims, B)
     team = tape.team  # as forward decided (its tape has no transposed copies then)
+    pown = tape.packed_own  # (same)
     own = own and not team
     ext = external_products(spec, dims, B) and not team
     mm, mm_acc = _products(own, ext or team)
@@ -680,18 +682,16 @@ def run_backward(tape: Tape, dy, dstate_n):
             whr = group["weight_hr"] if P else no_whr
             whh = group["weight_hh"]
             w1c = buf["w1c"]
-            wp = no_wp
-            if team and B > 1:  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ it
-                wp = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
-                kpacked.pack_cols(whh[:G1H], wp)
+            w1p = no_wp  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ it
+            if (team and B > 1) or pown:
+                w1p = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
+                kpacked.pack_cols(whh[:G1H], w1p)
             elif team:  # one item: _mmd over its transpose
                 w1c = ws.get("b_w1c", dtype, lambda T_, B_: (Hr, G1H))
                 transpose_into(whh[:G1H], w1c)
-            wq1 = wq2 = wqr = no_wp
-            if buf["pown"]:  # as forward decided (its tape has no transposed copies then):
-                # packed by columns, dhnew = dah1[k] @ weight_hh[:G1H] etc.
-                wq1 = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
-                kpacked.pack_cols(whh[:G1H], wq1)
+            wp = w1p if team else no_wp
+            wq1, wq2, wqr = (w1p if pown else no_wp), no_wp, no_wp
+            if pown:  # and the stage-2 rows and weight_hr, for du and dm
                 if spec.two_stage:
                     wq2 = ws.get("b_w2p", dtype, lambda T_, B_: (kpacked.packed_size(G2H, H),))
                     kpacked.pack_cols(whh[G1H:], wq2)
