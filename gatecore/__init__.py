@@ -11,14 +11,26 @@ Public API (NumPy in, NumPy out)::
     params = gatecore.prepare(params)   # checked, copied, transposed once for many calls
 """
 
-from .api import backward, forward, get_cell, gru, init_params, list_cells, lstm, register_cell
-from .cells.spec import CellSpec
-from .errors import (CellSpecError, DTypeError, GatecoreError, ParameterError, PluginError,
-                     ShapeError, StaleTapeError, UnknownCellError)
-from .network import Tape
-from .params import PreparedParams, prepare
-from .registry.hookspecs import hookimpl
-from .workspace import Workspace
+import gc as _gc
+
+# Importing gatecore imports Numba (several hundred thousand objects), over which Python's
+# cyclic collector ran full passes several times meanwhile: held off until the imports are
+# done (see gatecore._numba.gc_paused).
+_gc_was_enabled = _gc.isenabled()
+_gc.disable()
+try:
+    from .api import backward, forward, get_cell, gru, init_params, list_cells, lstm, register_cell
+    from .cells.spec import CellSpec
+    from .errors import (CellSpecError, DTypeError, GatecoreError, ParameterError, PluginError,
+                         ShapeError, StaleTapeError, UnknownCellError)
+    from .network import Tape
+    from .params import PreparedParams, prepare
+    from .registry.hookspecs import hookimpl
+    from .workspace import Workspace
+finally:
+    if _gc_was_enabled:
+        _gc.enable()
+    del _gc_was_enabled
 
 __version__ = "0.1.0"
 

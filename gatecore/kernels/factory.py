@@ -34,6 +34,7 @@ from numba import njit
 from numba.core.dispatcher import Dispatcher
 
 from .. import config
+from .._numba import gc_paused, prepare_cpu_target
 from ..cells._math import FLOAT32_VERSIONS
 from ..cells.spec import CellSpec, _global_names
 
@@ -149,7 +150,9 @@ def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
         fp = spec.fingerprint()
         mod = _cache.get((fp, dname))
         if mod is None:
-            mod = _build(spec, dname, fp)
+            prepare_cpu_target()
+            with gc_paused():  # (no compilation here: the kernels compile at their first call)
+                mod = _build(spec, dname, fp)
             _cache[(fp, dname)] = mod
         if len(_by_id) > 256:  # drop entries whose spec is gone
             for key in [k for k, (ref, _) in _by_id.items() if ref() is None]:
