@@ -123,12 +123,14 @@ class Workspace:
         return view
 
     def fixed(self, key, make: Callable[[], object]):
-        """``make()``'s result (views made by ``get`` whose shapes do not depend on the call's
-        T and B, such as the kernels' per-item scratch rows), memoized by ``key`` until a buffer
-        is reallocated or the workspace cleared: one lookup per call instead of a ``get``
-        each (about 2 us)."""
+        """``make()``'s result (views made by ``get``: the kernels' per-item scratch rows, or a
+        call's views for its T and B, which ``key`` must then hold), memoized by ``key`` until
+        a buffer is reallocated or the workspace cleared (or 64 keys are held): one lookup per
+        call instead of a ``get`` each (about 2 us)."""
         hit = self._fixed.get(key)
         if hit is None:
+            if len(self._fixed) >= 64:  # many call shapes (varying T): start afresh
+                self._fixed.clear()
             hit = self._fixed[key] = make()
         return hit
 

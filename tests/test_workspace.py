@@ -129,3 +129,21 @@ def test_input_that_is_an_earlier_output_of_the_same_workspace(bidirectional, nu
     expected, _, _ = gatecore.forward("lstm", y1.copy(), p2, training=False)
     y2, _, _ = gatecore.forward("lstm", y1, p2, training=False, workspace=ws)
     np.testing.assert_array_equal(y2, expected)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_caller_reshaping_returned_arrays_does_not_affect_later_calls(training, rng):
+    """Forward memoizes its workspace views per call shape; what it returns must be the
+    caller's own view objects (an in-place ``.shape`` change stays with the caller)."""
+    p = gatecore.init_params("lstm", 3, 4, num_layers=2, seed=0)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+    ws = gatecore.Workspace()
+    want_y, (want_h, want_c), _ = gatecore.forward("lstm", x, p, training=training)
+    for _ in range(3):
+        y, (h, c), _ = gatecore.forward("lstm", x, p, workspace=ws, training=training)
+        np.testing.assert_array_equal(y, want_y)
+        np.testing.assert_array_equal(h, want_h)
+        np.testing.assert_array_equal(c, want_c)
+        y.shape = (-1,)
+        h.shape = (-1,)
+        c.shape = (2, -1)
