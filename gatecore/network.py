@@ -665,36 +665,20 @@ def run_backward(tape: Tape, dy, dstate_n):
         if team:
             rows1["dur"].fill(0)
 
-    no_whr = ws.get("no_whr", dtype, lambda T_, B_: (0, H))
-    dhr = ws.get("b_dhr", dtype, lambda T_, B_: (B_, Hr))
-    ds = ws.get("b_ds", dtype, lambda T_, B_: (S, B_, H))
-    dax = ws.get("b_dax", dtype, lambda T_, B_: (T_, B_, GH))
-    dah1 = ws.get("b_dah1", dtype, lambda T_, B_: (T_, B_, G1H))
-    dah2 = ws.get("b_dah2", dtype, lambda T_, B_: (T_, B_, G2H))
-    du = ws.get("b_du", dtype, lambda T_, B_: (B_, H2), zero=True)
-    dhnew = ws.get("b_dhnew", dtype, lambda T_, B_: (B_, Hr))
-    dhist = ws.get("b_dhist", dtype, lambda T_, B_: (T_ if P else 0, B_, Hr))
-    dm = ws.get("b_dm", dtype, lambda T_, B_: (B_, H))
-    dstate0 = tuple(
-        ws.get(f"b_dstate0_{s}", dtype, lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
-        for s in range(S)
-    )
-    dparams = {}
-    for k in range(L):
-        for d in range(D):
-            for prefix, arr in tape.layers[k][d].items():
-                key = prefix + _sfx(k, d)
-                dparams[key] = ws.get("g_" + key, dtype, lambda T_, B_, sh=arr.shape: sh)
-
-    ones = ws.get("b_ones", dtype, lambda T_, B_: (T_ * B_,))
+    views = _backward_views(tape)
+    no_whr, dhr, ds, dax, dah1, dah2, du, dhnew, dhist, dm, ones, dummy_dy = (
+        views[n] for n in ("no_whr", "dhr", "ds", "dax", "dah1", "dah2", "du", "dhnew",
+                           "dhist", "dm", "ones", "dummy_dy"))
+    du.fill(0)
+    dstate0 = views["dstate0"]
+    dparams = views["dparams"]
     ones.fill(1)
     d_out = dy
     has_dy = dy is not None
-    dummy_dy = ws.get("b_nody", dtype, lambda T_, B_: (1, 1, 1))
     for k in range(L - 1, -1, -1):
         x_k = tape.xs[k]
         Din = x_k.shape[2]
-        dx_k = ws.get(f"b_dx{k % 2}", dtype, lambda T_, B_, n=Din: (T_, B_, n))
+        dx_k = views["dx", k]
         dx2d = dx_k.reshape(T * B, Din)
         x2d = x_k.reshape(T * B, Din)
         for d in range(D):
@@ -712,7 +696,8 @@ def run_backward(tape: Tape, dy, dstate_n):
                     ds[s] = dstate_n[s][idx]
                 else:
                     ds[s] = 0
-            dex_buf = ws.get("b_dex", dtype, lambda T_, B_: (spec.num_extra, H), zero=True)
+            dex_buf = views["dex"]
+            dex_buf.fill(0)
             whr = group["weight_hr"] if P else no_whr
             whh = group["weight_hh"]
             w1c = buf["w1c"]
@@ -795,4 +780,56 @@ def run_backward(tape: Tape, dy, dstate_n):
                 mm_acc(dax2d, group["weight_ih"], dx2d, tmp)
         d_out = dx_k
         has_dy = True
-    return d_out, dstate0, dparams
+    # fresh view objects for the caller (the memoized ones stay gatecore's: _backward_views)
+    return (d_out.view(), tuple(a.view() for a in dstate0),
+            {key: a.view() for key, a in dparams.items()})
+
+
+def _backward_views(tape: Tape):
+    """The workspace views of a backward call, memoized per call shape as _forward_views:
+    ``no_whr``, ``dhr``, ``ds``, ``dax``, ``dah1``, ``dah2``, ``du``, ``dhnew``, ``dhist``,
+    ``dm``, ``ones``, ``dummy_dy``, ``dex``, ``dstate0`` (tuple), ``dparams`` (dict by
+    state_dict key, the gradients' buffers) and ``("dx", k)`` per layer."""
+    spec, dims, dtype, T, B = tape.spec, tape.dims, tape.dtype, tape.T, tape.B
+    key = ("backward", dtype, T, B, dims, spec.key, spec.num_gates, spec.g1, spec.num_states,
+           spec.extra_params, spec.two_stage)
+    return tape.workspace.fixed(key, lambda: _make_backward_views(tape))
+
+
+def _make_backward_views(tape: Tape):
+    ws, spec, dims, dtype = tape.workspace, tape.spec, tape.dims, tape.dtype
+    L, D, H, Hr, P = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr, dims.proj_size
+    G, G1, S = spec.num_gates, spec.g1, spec.num_states
+    GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
+    H2 = H if spec.two_stage else 0
+    v = {
+        "no_whr": ws.get("no_whr", dtype, lambda T_, B_: (0, H)),
+        "dhr": ws.get("b_dhr", dtype, lambda T_, B_: (B_, Hr)),
+        "ds": ws.get("b_ds", dtype, lambda T_, B_: (S, B_, H)),
+        "dax": ws.get("b_dax", dtype, lambda T_, B_: (T_, B_, GH)),
+        "dah1": ws.get("b_dah1", dtype, lambda T_, B_: (T_, B_, G1H)),
+        "dah2": ws.get("b_dah2", dtype, lambda T_, B_: (T_, B_, G2H)),
+        "du": ws.get("b_du", dtype, lambda T_, B_: (B_, H2), zero=True),
+        "dhnew": ws.get("b_dhnew", dtype, lambda T_, B_: (B_, Hr)),
+        "dhist": ws.get("b_dhist", dtype, lambda T_, B_: (T_ if P else 0, B_, Hr)),
+        "dm": ws.get("b_dm", dtype, lambda T_, B_: (B_, H)),
+        "ones": ws.get("b_ones", dtype, lambda T_, B_: (T_ * B_,)),
+        "dummy_dy": ws.get("b_nody", dtype, lambda T_, B_: (1, 1, 1)),
+        "dex": ws.get("b_dex", dtype, lambda T_, B_: (spec.num_extra, H), zero=True),
+        "dstate0": tuple(
+            ws.get(f"b_dstate0_{s}", dtype,
+                   lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
+            for s in range(S)),
+    }
+    dparams = v["dparams"] = {}
+    for k in range(L):
+        for d in range(D):
+            for prefix, arr in tape.layers[k][d].items():
+                key = prefix + _sfx(k, d)
+                dparams[key] = ws.get("g_" + key, dtype, lambda T_, B_, sh=arr.shape: sh)
+        Din = tape.xs[k].shape[2]
+        # (layers above the first alternate two buffers of one shape; one name, one shape, so
+        # that no view made here outlives a reallocation of its buffer)
+        name = "b_dx_in" if k == 0 else f"b_dx{k % 2}"
+        v["dx", k] = ws.get(name, dtype, lambda T_, B_, n=Din: (T_, B_, n))
+    return v

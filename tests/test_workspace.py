@@ -147,3 +147,26 @@ def test_caller_reshaping_returned_arrays_does_not_affect_later_calls(training, 
         y.shape = (-1,)
         h.shape = (-1,)
         c.shape = (2, -1)
+
+
+def test_backward_returns_the_callers_own_objects(rng):
+    """Backward memoizes its views per call shape too: the returned dict and arrays are the
+    caller's (popping a key or reshaping in place leaves later calls alone), also across
+    layers whose input sizes differ."""
+    p = gatecore.init_params("gru", 7, 3, num_layers=3, bidirectional=True, seed=0)
+    x = rng.standard_normal((4, 2, 7)).astype(np.float32)
+    dy = rng.standard_normal((4, 2, 6)).astype(np.float32)
+    _, _, tape = gatecore.forward("gru", x, p)
+    want_dx, (want_dh,), want = gatecore.backward(tape, dy)
+    ws = gatecore.Workspace()
+    for _ in range(3):
+        _, _, tape = gatecore.forward("gru", x, p, workspace=ws)
+        dx, (dh,), grads = gatecore.backward(tape, dy)
+        np.testing.assert_array_equal(dx, want_dx)
+        np.testing.assert_array_equal(dh, want_dh)
+        assert grads.keys() == want.keys()
+        for key, g in grads.items():
+            np.testing.assert_array_equal(g, want[key])
+        grads.pop("weight_ih_l0")
+        grads["weight_hh_l0"].shape = (-1,)
+        dx.shape = (-1,)
