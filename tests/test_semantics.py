@@ -171,3 +171,45 @@ def test_lengths_accept_lists_and_integral_floats(rng):
     a, _ = gatecore.lstm(x, p, lengths=[5, 2, 0])
     b, _ = gatecore.lstm(x, p, lengths=np.array([5.0, 2.0, 0.0]))
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_float32_saturated_gates_have_zero_gradients(cell):
+    """Inputs far outside the activations' range (un-normalised features): every gate is
+    saturated, so PyTorch's float32 weight_ih gradients are exactly 0; gatecore's float32
+    activations saturate to exactly +-1 / 0 / 1 too (they once stopped at 0.99999964, and the
+    gradients grew with |x|: 9e23 at x = 1e30)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    m = (torch.nn.LSTM if cell == "lstm" else torch.nn.GRU)(1, 2, bidirectional=True)
+    p = {k: v.detach().numpy().copy() for k, v in m.state_dict().items()}
+    for v in (1e4, -1e4, 1e30):
+        x = np.full((3, 1, 1), v, np.float32)
+        dy = np.ones((3, 1, 4), np.float32)
+        y, _, tape = gatecore.forward(cell, x, p)
+        _, _, grads = gatecore.backward(tape, dy)
+        m.zero_grad()
+        yt, _ = m(torch.from_numpy(x))
+        (yt * torch.from_numpy(dy)).sum().backward()
+        np.testing.assert_allclose(y, yt.detach().numpy(), atol=1e-6)
+        for name in ("weight_ih_l0", "weight_ih_l0_reverse"):
+            want = getattr(m, name).grad.numpy()
+            assert np.array_equal(want == 0, grads[name] == 0), (v, name, grads[name], want)
+            np.testing.assert_allclose(grads[name], want, atol=1e-6 * abs(v))
+
+
+def test_float32_activations_saturate_exactly():
+    from numba import njit
+
+    from gatecore.cells._math import sigmoid_f32, tanh_f32
+
+    @njit
+    def both(xs):
+        return [(tanh_f32(v), sigmoid_f32(v)) for v in xs]
+
+    xs = np.array([np.inf, -np.inf, 8.0, -8.0, 1e30, -16.0, 16.0], np.float32)
+    got = both(xs)
+    assert got[0] == (1.0, 1.0) and got[1] == (-1.0, 0.0)
+    assert got[2][0] == 1.0 and got[3][0] == -1.0 and got[4] == (1.0, 1.0)
+    assert got[5][1] == 0.0 and got[6][1] == 1.0
+    assert np.isnan(both(np.array([np.nan], np.float32))[0][0])

@@ -6,9 +6,10 @@ NaN). Cell rules call these two by name.
 
 For float32 kernels the CPU kernel factory swaps them for ``sigmoid_f32`` / ``tanh_f32``:
 a clamped [13/6] rational approximation of tanh (the form Eigen uses for float32), branch-free
-so that LLVM vectorizes the rules' loops. Its error is below 4e-7 absolute over the whole real
-line (measured against float64 tanh), under the float32 parity tolerance of 1e-5;
-float64 kernels keep libm.
+so that LLVM vectorizes the rules' loops, exactly +-1 from |x| = 7.905 on (sigmoid_f32: exactly
+0 and 1 from |x| = 15.8), so that saturated gates have exactly zero derivatives. Its error is
+below 4e-7 absolute over the whole real line (measured against float64 tanh), under the
+float32 parity tolerance of 1e-5; float64 kernels keep libm.
 """
 
 import math
@@ -54,14 +55,21 @@ def tanh_f32(x):
     """
     x = np.float32(x)
     c = _CLAMP
-    x = c if x > c else x
-    x = -c if x < -c else x
-    y = x * x
+    xc = c if x > c else x
+    xc = -c if xc < -c else xc
+    y = xc * xc
     y2 = y * y
     y4 = y2 * y2
     p = (_P0 + _P1 * y) + y2 * (_P2 + _P3 * y) + y4 * ((_P4 + _P5 * y) + y2 * _P6)
     q = (_Q0 + _Q1 * y) + y2 * (_Q2 + _Q3 * y)
-    return (p * x) / q
+    r = (p * xc) / q
+    # saturated: exactly +-1 (the rational form tops out at 0.99999964), so that a saturated
+    # gate's derivative (1 - tanh^2, or s (1 - s) for sigmoid_f32) is exactly 0, as with
+    # float32 libm and PyTorch; 1 - tanh(7.905) = 2.7e-7, inside the error bound
+    one = np.float32(1.0)
+    r = one if x >= c else r
+    r = -one if x <= -c else r
+    return r
 
 
 @njit(inline="always", cache=True, error_model="numpy")
