@@ -226,11 +226,13 @@ class CudaTape:
 
 
 # ----------------------------------------------------------------------------- loading
-def _load(name, value, dtype, want, buf, swap, lens_d, masked):
-    """Check ``value`` against shape ``want`` and copy it into ``buf`` [T, B, W] on the device.
-
-    ``want`` is the caller-facing shape (2-D for unbatched, [B, T, W] when ``swap``).
-    """
+def _checked(name, value, dtype, want, what=None):
+    """``value`` (a CUDA array, or anything NumPy converts) checked against ``dtype`` and the
+    caller-facing shape ``want`` (2-D for unbatched, [B, T, W] for batch_first): the array
+    to copy (a device array, or a host NumPy array). ``what``: the shape's meaning for the
+    message. Nothing is copied, so a call can check everything before it touches its
+    workspace."""
+    what = f" = {what}" if what else ""
     if is_cuda_array(value):
         arr = _as_device(name, value)
         if np.dtype(arr.dtype) != dtype:
@@ -239,15 +241,24 @@ def _load(name, value, dtype, want, buf, swap, lens_d, masked):
                 "convert it on the device first (gatecore converts only host arrays)"
             )
         if tuple(arr.shape) != tuple(want):
-            raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
+            raise ShapeError(
+                f"{name} must have shape {_shape_str(want)}{what}, got {_shape_str(arr.shape)}")
+        return arr
+    arr = _check_dtype(name, _to_numpy(name, value), dtype)
+    if arr.shape != tuple(want):
+        raise ShapeError(
+            f"{name} must have shape {_shape_str(want)}{what}, got {_shape_str(arr.shape)}")
+    return arr
+
+
+def _load(arr, buf, swap, lens_d, masked):
+    """Copy ``arr`` (from ``_checked``) into ``buf`` [T, B, W] on the device."""
+    if is_cuda_array(arr):
         if arr.ndim == 2:
             _p(cu.copy_in2, buf.size, arr, buf, lens_d, masked)
         else:
             _p(cu.copy_in3, buf.size, arr, buf, swap, lens_d, masked)
         return
-    arr = _check_dtype(name, _to_numpy(name, value), dtype)
-    if arr.shape != tuple(want):
-        raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
     if arr.ndim == 2:
         arr = arr[:, None, :]
     elif swap:
@@ -315,29 +326,38 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
     if is_cuda_array(lengths):
         lengths = _as_device("lengths", lengths).copy_to_host()
     lens = _check_lengths(lengths, B, T)
-    gen = ws._begin(T, B)
-
     L, D, H, Hr, P = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr, dims.proj_size
     G, G1, S, K, E = spec.num_gates, spec.g1, spec.num_states, spec.tape_size, spec.num_extra
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
+    # every input checked before the workspace is touched: a rejected call leaves earlier
+    # tapes of this workspace usable (as on the CPU)
+    x_in = _checked("x", x, dtype, xshape)
+    state_in = []
+    for s, value in enumerate(_state_tuple(state0, S, f"state0 {spec.state_names}")):
+        if value is not None:
+            name = f"{spec.state_names[s]}0"
+            width = Hr if s == 0 else H
+            want = (L * D, width) if unbatched else (L * D, B, width)
+            what = (f"[num_layers*num_directions, {'' if unbatched else 'batch, '}"
+                    f"{'proj_size' if (s == 0 and P) else 'hidden_size'}]")
+            value = _checked(name, value, dtype, want, what)
+        state_in.append(value)
+    gen = ws._begin(T, B)
     mod = cuda_kernels(spec, dtype)
 
     lens_d = ws.get("lengths", np.dtype(np.int64), lambda T_, B_: (B_,))
     if B:
         lens_d.copy_to_device(lens)
     x0 = ws.get("x0", dtype, lambda T_, B_: (T_, B_, I))
-    _load("x", x, dtype, xshape, x0, bool(batch_first) and not unbatched, lens_d,
-          lengths is not None)
+    _load(x_in, x0, bool(batch_first) and not unbatched, lens_d, lengths is not None)
     states = []
-    for s, value in enumerate(_state_tuple(state0, S, f"state0 {spec.state_names}")):
-        name = f"{spec.state_names[s]}0"
+    for s, value in enumerate(state_in):
         width = Hr if s == 0 else H
         buf = ws.get(f"state0_{s}", dtype, lambda T_, B_, w=width: (L * D, B_, w))
         if value is None:
             device_fill0(buf)
         else:
-            want = (L * D, width) if unbatched else (L * D, B, width)
-            _load(name, value, dtype, want, buf, False, lens_d, False)
+            _load(value, buf, False, lens_d, False)
         states.append(buf)
 
     dummy = ws.get("dummy", dtype, lambda T_, B_: (1,))
@@ -461,18 +481,26 @@ def cuda_backward(tape: CudaTape, dy=None, dstate_n=None):
             want = (B, T, W)
         else:
             want = (T, B, W)
-        dy_d = ws.get("b_dy", dtype, lambda T_, B_: (T_, B_, W))
-        _load("dy", dy, dtype, want, dy_d, tape.batch_first and not tape.unbatched, lens_d, False)
-    dsn = []
+        dy_in = _checked("dy", dy, dtype, want, "the shape of y")
+    ds_in = []  # (checked before anything is copied, as in cuda_forward)
     for s, value in enumerate(_state_tuple(dstate_n, S, f"dstate_n {spec.state_names}")):
+        if value is not None:
+            width = Hr if s == 0 else H
+            name = f"dstate_n[{s}] (d{spec.state_names[s]}_n)"
+            want = (L * D, width) if tape.unbatched else (L * D, B, width)
+            value = _checked(name, value, dtype, want)
+        ds_in.append(value)
+    if dy is not None:
+        dy_d = ws.get("b_dy", dtype, lambda T_, B_: (T_, B_, W))
+        _load(dy_in, dy_d, tape.batch_first and not tape.unbatched, lens_d, False)
+    dsn = []
+    for s, value in enumerate(ds_in):
         if value is None:
             dsn.append(None)
             continue
         width = Hr if s == 0 else H
-        name = f"dstate_n[{s}] (d{spec.state_names[s]}_n)"
-        want = (L * D, width) if tape.unbatched else (L * D, B, width)
         buf = ws.get(f"b_dsn{s}", dtype, lambda T_, B_, w=width: (L * D, B_, w))
-        _load(name, value, dtype, want, buf, False, lens_d, False)
+        _load(value, buf, False, lens_d, False)
         dsn.append(buf)
 
     dummy = ws.get("dummy", dtype, lambda T_, B_: (1,))

@@ -152,3 +152,20 @@ def test_bad_device_input():
     with pytest.raises(ValueError, match="CPU workspace"):
         gatecore.forward("lstm", cuda.to_device(np.ones((2, 1, 3))), p,
                          workspace=gatecore.Workspace())
+
+
+def test_rejected_call_leaves_earlier_tape_usable():
+    """Inputs are checked before the workspace is touched (as on the CPU): a call refused for
+    a wrong h0 or dy leaves the earlier tape of the workspace usable."""
+    p = gatecore.init_params("lstm", 2, 3, dtype=np.float64, seed=1)
+    x = np.random.default_rng(0).standard_normal((3, 2, 2))
+    ws = gatecore.Workspace(device="cuda")
+    _, _, tape = gatecore.forward("lstm", x, p, workspace=ws)
+    with pytest.raises(gatecore.ShapeError, match=r"num_layers\*num_directions, batch, hidden_size"):
+        gatecore.forward("lstm", x, p, (np.zeros((1, 2, 4)), None), workspace=ws)
+    with pytest.raises(gatecore.DTypeError):
+        gatecore.forward("lstm", x.astype(np.float32), p, workspace=ws)
+    with pytest.raises(gatecore.ShapeError, match="dy"):
+        gatecore.backward(tape, np.ones((3, 2, 4)))
+    dx, _, _ = gatecore.backward(tape, np.ones((3, 2, 3)))
+    assert host(dx).shape == (3, 2, 2)
