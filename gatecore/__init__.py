@@ -27,6 +27,7 @@ try:
     from .params import PreparedParams, prepare
     from .registry.hookspecs import hookimpl
     from .workspace import Workspace
+    from . import weights  # noqa: E402  (format converters: ONNX, Keras)
 finally:
     if _gc_was_enabled:
         _gc.enable()
@@ -49,6 +50,6 @@ __all__ = [
     "lstm", "gru", "forward", "backward", "init_params", "list_cells", "get_cell",
     "register_cell", "prepare", "PreparedParams", "CellSpec", "Tape", "Workspace", "hookimpl",
     "GatecoreError", "ShapeError", "DTypeError", "ParameterError", "UnknownCellError",
-    "CellSpecError", "StaleTapeError", "PluginError", "__version__",
+    "CellSpecError", "StaleTapeError", "PluginError", "weights", "__version__",
     *_CUDA_NAMES,
 ]

@@ -1,0 +1,383 @@
+"""Weight converters: ONNX and Keras layouts to and from gatecore's (PyTorch's).
+
+gatecore's parameters are PyTorch ``state_dict``s (``nn.LSTM``/``nn.GRU``): per layer k and
+direction, ``weight_ih_l{k}`` [G*H, I], ``weight_hh_l{k}`` [G*H, H], ``bias_ih_l{k}`` and
+``bias_hh_l{k}`` [G*H] (suffix ``_reverse`` for the reverse direction), gate rows in the
+order **i, f, g, o** (LSTM) and **r, z, n** (GRU). The other two common layouts differ in
+gate order, transposition and biases:
+
+============  ========================  ===================================================
+layout        gate order                arrays (one layer)
+============  ========================  ===================================================
+PyTorch       LSTM i f g o; GRU r z n   W_ih [G*H, I], W_hh [G*H, H], b_ih, b_hh [G*H]
+ONNX          LSTM i o f c; GRU z r h   W [D, G*H, I], R [D, G*H, H], B [D, 2*G*H] = (Wb, Rb)
+Keras         LSTM i f c o; GRU z r h   kernel [I, G*H], recurrent_kernel [H, G*H], one bias
+                                        [G*H]; GRU with reset_after=True: bias [2, G*H]
+============  ========================  ===================================================
+
+(ONNX operator ``LSTM``/``GRU``, opset 7-22; Keras ``layers.LSTM``/``layers.GRU``.) The cell
+equations are the same in all three (``../shared/MATH.md``) with these options: the GRU's
+reset gate acts after the hidden product in PyTorch, in ONNX with ``linear_before_reset=1``
+and in Keras with ``reset_after=True`` (gatecore ``reset_after=True``, the default), and
+before it in ONNX with ``linear_before_reset=0`` (ONNX's default) and Keras
+``reset_after=False`` (gatecore ``reset_after=False``). The GRU update is
+``h_t = (1 - z) n + z h_{t-1}`` everywhere. Only the default activations are covered
+(sigmoid and tanh; not Keras 1's ``hard_sigmoid``, not ONNX's ``activations``, ``clip`` or
+``input_forget``); ONNX's LSTM peepholes ``P`` are the ``peephole_lstm`` plugin's
+(``gatecore_peephole.to_onnx``). The converters copy; they never modify their inputs.
+
+Examples
+--------
+>>> import numpy as np, gatecore
+>>> from gatecore import weights
+>>> rng = np.random.default_rng(0)
+>>> W = rng.standard_normal((1, 9, 4)).astype(np.float32)      # ONNX GRU, H=3, I=4
+>>> R = rng.standard_normal((1, 9, 3)).astype(np.float32)
+>>> params, options = weights.from_onnx("GRU", W, R, linear_before_reset=0)
+>>> options
+{'reset_after': False}
+>>> y, h_n = gatecore.gru(np.zeros((5, 2, 4), np.float32), params, **options)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import DTypeError, ParameterError, ShapeError
+
+__all__ = ["from_onnx", "to_onnx", "from_keras", "to_keras"]
+
+# For each cell: the number of gates and, per foreign layout, the foreign block of each
+# PyTorch gate row block (PyTorch block g = foreign block ORDER[g]).
+_GATES = {"lstm": 4, "gru": 3}
+_ONNX_ORDER = {"lstm": (0, 2, 3, 1),   # i f g o  <-  ONNX i o f c
+               "gru": (1, 0, 2)}       # r z n    <-  ONNX z r h
+_KERAS_ORDER = {"lstm": (0, 1, 2, 3),  # i f g o  <-  Keras i f c o
+                "gru": (1, 0, 2)}      # r z n    <-  Keras z r h
+
+
+def _cell(name) -> str:
+    if not isinstance(name, str) or name.lower() not in _GATES:
+        raise ValueError(f"cell must be 'lstm' or 'gru' (ONNX op_type 'LSTM' or 'GRU'), got {name!r}")
+    return name.lower()
+
+
+def _float(name: str, value) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.dtype not in (np.float32, np.float64):
+        if arr.dtype.kind in "iub" or arr.dtype == np.float16:
+            arr = arr.astype(np.float32)
+        else:
+            raise DTypeError(f"{name} must be a float32 or float64 array, got dtype {arr.dtype}")
+    return arr
+
+
+def _shape(name: str, arr: np.ndarray, want: tuple, meaning: str) -> None:
+    if arr.shape != tuple(want):
+        raise ShapeError(f"{name} must have shape {list(want)} = {meaning}, got {list(arr.shape)}")
+
+
+def _reorder(a: np.ndarray, order, H: int, axis: int = 0) -> np.ndarray:
+    """Gate blocks of size H along ``axis``: block g of the result is block order[g] of a."""
+    blocks = [np.take(a, np.arange(order[g] * H, (order[g] + 1) * H), axis=axis)
+              for g in range(len(order))]
+    return np.ascontiguousarray(np.concatenate(blocks, axis=axis))
+
+
+def _unorder(a: np.ndarray, order, H: int, axis: int = 0) -> np.ndarray:
+    """Inverse of ``_reorder``: block order[g] of the result is block g of a."""
+    inverse = [0] * len(order)
+    for g, o in enumerate(order):
+        inverse[o] = g
+    return _reorder(a, inverse, H, axis)
+
+
+def _suffix(layer: int, reverse: bool) -> str:
+    if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or layer < 0:
+        raise ValueError(f"layer must be a non-negative int, got {layer!r}")
+    return f"_l{layer}" + ("_reverse" if reverse else "")
+
+
+def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
+              direction: str | None = None, layer: int = 0) -> tuple[dict, dict]:
+    """gatecore parameters from the inputs of an ONNX ``LSTM`` or ``GRU`` node.
+
+    Parameters
+    ----------
+    op_type : {"LSTM", "GRU"}
+        The node's operator (case-insensitive; gatecore's cell names work too).
+    W : array [D, G*H, I]
+        Input weights, gate blocks in ONNX's order (LSTM ``i o f c``, GRU ``z r h``); D = 1
+        (``direction="forward"``) or 2 (``"bidirectional"``: forward, then reverse).
+    R : array [D, G*H, H]
+        Recurrent weights, same order.
+    B : array [D, 2*G*H], optional
+        ``Wb`` then ``Rb``, same order; zeros when omitted (as in ONNX).
+    linear_before_reset : {0, 1}
+        The GRU node's attribute (ONNX's default 0: reset before the hidden product); ignored
+        for LSTM.
+    direction : {"forward", "bidirectional"}, optional
+        The node's attribute, checked against D (default: from D). ``"reverse"`` (one
+        direction run backwards) has no PyTorch/gatecore layer: reverse the sequences (per
+        length) and use ``"forward"``.
+    layer : int
+        Layer index k of the keys produced (``weight_ih_l{k}``...): merge the dicts of a stack
+        of nodes, one per layer.
+
+    Returns
+    -------
+    params : dict
+        ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``bias_ih_l{k}``, ``bias_hh_l{k}`` (and the
+        ``_reverse`` ones when D = 2), PyTorch's layout, W's dtype (float16 and integer
+        arrays become float32).
+    options : dict
+        Cell options to pass along: ``{"reset_after": bool(linear_before_reset)}`` for GRU,
+        ``{}`` for LSTM. Forgetting ``reset_after=False`` for an ONNX GRU with the default
+        ``linear_before_reset=0`` silently computes the other cell.
+
+    Raises
+    ------
+    ValueError
+        Unknown ``op_type``, ``direction`` or ``linear_before_reset``, or a reverse-only node.
+    ShapeError (ValueError), DTypeError (TypeError)
+        An array of the wrong shape or dtype (complex, object, ...).
+
+    Notes
+    -----
+    ONNX operators LSTM and GRU (opset 7-22); the ONNX outputs ``Y`` [T, D, B, H] are
+    gatecore's ``y`` [T, B, D*H] after ``Y.transpose(0, 2, 1, 3).reshape(T, B, D*H)``;
+    ``Y_h``/``Y_c`` are ``h_n``/``c_n``; ``sequence_lens`` is ``lengths``.
+    """
+    cell = _cell(op_type)
+    G = _GATES[cell]
+    W = _float("W", W)
+    R = _float("R", R)
+    if W.ndim != 3:
+        raise ShapeError(f"W must be 3-D [num_directions, {G}*hidden_size, input_size], got shape {list(W.shape)}")
+    D, GH, I = W.shape
+    if D not in (1, 2) or GH % G or GH == 0:
+        raise ShapeError(f"W must have shape [1 or 2, {G}*hidden_size, input_size], got {list(W.shape)}")
+    H = GH // G
+    _shape("R", R, (D, GH, H), "[num_directions, G*hidden_size, hidden_size]")
+    if R.dtype != W.dtype:
+        raise DTypeError(f"R has dtype {R.dtype} but W has {W.dtype}; give all arrays one dtype")
+    if B is None:
+        B = np.zeros((D, 2 * GH), W.dtype)
+    B = _float("B", B)
+    _shape("B", B, (D, 2 * GH), "[num_directions, 2*G*hidden_size] (Wb then Rb)")
+    if B.dtype != W.dtype:
+        raise DTypeError(f"B has dtype {B.dtype} but W has {W.dtype}; give all arrays one dtype")
+    want = "forward" if D == 1 else "bidirectional"
+    if direction is not None and direction != want:
+        if direction == "reverse" and D == 1:
+            raise ValueError(
+                "direction='reverse' (one direction run backwards) has no gatecore/PyTorch layer: "
+                "reverse each sequence over its length and convert with direction='forward'")
+        raise ValueError(f"direction must be {want!r} for W with {D} direction(s), got {direction!r}")
+    if linear_before_reset not in (0, 1, False, True):
+        raise ValueError(f"linear_before_reset must be 0 or 1, got {linear_before_reset!r}")
+    order = _ONNX_ORDER[cell]
+    params = {}
+    for d in range(D):
+        sfx = _suffix(layer, d == 1)
+        params["weight_ih" + sfx] = _reorder(W[d], order, H)
+        params["weight_hh" + sfx] = _reorder(R[d], order, H)
+        params["bias_ih" + sfx] = _reorder(B[d, :GH], order, H)
+        params["bias_hh" + sfx] = _reorder(B[d, GH:], order, H)
+    options = {"reset_after": bool(linear_before_reset)} if cell == "gru" else {}
+    return params, options
+
+
+def _layer_arrays(params, cell: str, layer: int, reverse: bool, what: str):
+    if not isinstance(params, Mapping):
+        raise DTypeError(f"params must be a mapping of name to array, got {type(params).__name__}")
+    sfx = _suffix(layer, reverse)
+    if "weight_hr" + sfx in params:
+        raise ValueError(f"{what} has no projection (LSTM proj_size); params has weight_hr{sfx}")
+    try:
+        w_ih = _float("weight_ih" + sfx, params["weight_ih" + sfx])
+        w_hh = _float("weight_hh" + sfx, params["weight_hh" + sfx])
+    except KeyError as exc:
+        raise ParameterError(f"params has no {exc.args[0]!r} (layer {layer}"
+                             f"{', reverse' if reverse else ''}); keys: {sorted(params)}") from None
+    G = _GATES[cell]
+    if w_ih.ndim != 2 or w_ih.shape[0] % G or w_ih.shape[0] == 0:
+        raise ShapeError(f"weight_ih{sfx} must be [{G}*hidden_size, input_size], got {list(w_ih.shape)}")
+    H = w_ih.shape[0] // G
+    _shape("weight_hh" + sfx, w_hh, (G * H, H), f"[{G}*hidden_size, hidden_size]")
+    zeros = np.zeros(G * H, w_ih.dtype)
+    b_ih = _float("bias_ih" + sfx, params.get("bias_ih" + sfx, zeros))
+    b_hh = _float("bias_hh" + sfx, params.get("bias_hh" + sfx, zeros))
+    _shape("bias_ih" + sfx, b_ih, (G * H,), f"[{G}*hidden_size]")
+    _shape("bias_hh" + sfx, b_hh, (G * H,), f"[{G}*hidden_size]")
+    return w_ih, w_hh, b_ih, b_hh, H
+
+
+def to_onnx(cell, params, *, layer: int = 0, reset_after: bool = True) -> dict:
+    """The inputs and attributes of an ONNX ``LSTM``/``GRU`` node for one layer of ``params``.
+
+    Parameters
+    ----------
+    cell : {"lstm", "gru"}
+    params : mapping
+        gatecore/PyTorch parameters (any number of layers; bias-free sets give zero B).
+        LSTM with projection (``weight_hr``) has no ONNX form.
+    layer : int
+        Which layer k; both directions when ``weight_ih_l{k}_reverse`` is present.
+    reset_after : bool
+        The GRU's option the parameters are used with (gatecore's default True).
+
+    Returns
+    -------
+    dict
+        ``W`` [D, G*H, I], ``R`` [D, G*H, H], ``B`` [D, 2*G*H] in ONNX's gate order, and the
+        attributes ``hidden_size``, ``direction`` (``"forward"`` or ``"bidirectional"``) and,
+        for GRU, ``linear_before_reset`` (1 when ``reset_after``).
+
+    Raises
+    ------
+    ValueError, ParameterError, ShapeError, DTypeError
+        Unknown cell, a projection, missing keys, or arrays of the wrong shape or dtype.
+    """
+    cell = _cell(cell)
+    if not isinstance(params, Mapping):
+        raise DTypeError(f"params must be a mapping of name to array, got {type(params).__name__}")
+    D = 2 if f"weight_ih{_suffix(layer, True)}" in params else 1
+    W, R, B = [], [], []
+    order = _ONNX_ORDER[cell]
+    for d in range(D):
+        w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, d == 1, "ONNX's LSTM")
+        W.append(_unorder(w_ih, order, H))
+        R.append(_unorder(w_hh, order, H))
+        B.append(np.concatenate([_unorder(b_ih, order, H), _unorder(b_hh, order, H)]))
+    out = {"W": np.stack(W), "R": np.stack(R), "B": np.stack(B), "hidden_size": H,
+           "direction": "bidirectional" if D == 2 else "forward"}
+    if cell == "gru":
+        out["linear_before_reset"] = int(bool(reset_after))
+    return out
+
+
+def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after: bool = True,
+               layer: int = 0, reverse: bool = False) -> tuple[dict, dict]:
+    """gatecore parameters from the weights of a Keras ``LSTM`` or ``GRU`` layer.
+
+    Parameters
+    ----------
+    cell : {"lstm", "gru"}
+    kernel : array [I, G*H]
+        ``layer.kernel`` (``get_weights()[0]``), gate columns in Keras's order (LSTM
+        ``i f c o``, GRU ``z r h``).
+    recurrent_kernel : array [H, G*H]
+        ``layer.recurrent_kernel`` (``get_weights()[1]``), same order.
+    bias : array, optional
+        ``layer.bias`` (``get_weights()[2]``; omitted with ``use_bias=False``): [G*H], or for
+        a GRU with ``reset_after=True`` (Keras 2 and 3's default) [2, G*H] = input bias, then
+        recurrent bias.
+    reset_after : bool
+        The Keras GRU's option (also gatecore's option to use the result with); ignored for
+        LSTM.
+    layer : int
+        Layer index k of the keys produced.
+    reverse : bool
+        Produce the ``_reverse`` keys: for the backward layer of ``keras.layers.Bidirectional``
+        (a ``go_backwards`` layer, whose outputs Keras returns in time order like gatecore's
+        reverse direction); merge with the forward layer's dict.
+
+    Returns
+    -------
+    params : dict
+        ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` with suffix ``_l{layer}``
+        (and ``_reverse``), PyTorch's layout; Keras's one bias becomes ``bias_ih`` and
+        ``bias_hh`` is zero (GRU reset_after=True: its two rows).
+    options : dict
+        ``{"reset_after": reset_after}`` for GRU, ``{}`` for LSTM.
+
+    Raises
+    ------
+    ValueError, ShapeError (ValueError), DTypeError (TypeError)
+        Unknown cell, arrays of the wrong shape or dtype.
+
+    Notes
+    -----
+    Keras's recurrent activation must be ``sigmoid`` (Keras 2 and 3's default; Keras 1 used
+    ``hard_sigmoid``) and the activation ``tanh``.
+    """
+    cell = _cell(cell)
+    G = _GATES[cell]
+    kernel = _float("kernel", kernel)
+    if kernel.ndim != 2 or kernel.shape[1] % G or kernel.shape[1] == 0:
+        raise ShapeError(f"kernel must be [input_size, {G}*units], got shape {list(kernel.shape)}")
+    I, GH = kernel.shape
+    H = GH // G
+    recurrent_kernel = _float("recurrent_kernel", recurrent_kernel)
+    _shape("recurrent_kernel", recurrent_kernel, (H, GH), f"[units, {G}*units]")
+    if recurrent_kernel.dtype != kernel.dtype:
+        raise DTypeError(f"recurrent_kernel has dtype {recurrent_kernel.dtype} but kernel has "
+                         f"{kernel.dtype}; give all arrays one dtype")
+    two = cell == "gru" and bool(reset_after)
+    zeros = np.zeros(GH, kernel.dtype)
+    if bias is None:
+        b_in, b_rec = zeros, zeros
+    else:
+        bias = _float("bias", bias)
+        if bias.dtype != kernel.dtype:
+            raise DTypeError(f"bias has dtype {bias.dtype} but kernel has {kernel.dtype}")
+        if two:
+            _shape("bias", bias, (2, GH), f"[2, {G}*units] (GRU reset_after=True: input, recurrent)")
+            b_in, b_rec = bias[0], bias[1]
+        else:
+            _shape("bias", bias, (GH,), f"[{G}*units]")
+            b_in, b_rec = bias, zeros
+    order = _KERAS_ORDER[cell]
+    sfx = _suffix(layer, reverse)
+    params = {
+        "weight_ih" + sfx: _reorder(kernel.T, order, H),
+        "weight_hh" + sfx: _reorder(recurrent_kernel.T, order, H),
+        "bias_ih" + sfx: _reorder(b_in, order, H),
+        "bias_hh" + sfx: _reorder(b_rec, order, H),
+    }
+    options = {"reset_after": bool(reset_after)} if cell == "gru" else {}
+    return params, options
+
+
+def to_keras(cell, params, *, layer: int = 0, reverse: bool = False,
+             reset_after: bool = True) -> dict:
+    """The weights of a Keras ``LSTM``/``GRU`` layer for one layer and direction of ``params``.
+
+    Parameters
+    ----------
+    cell : {"lstm", "gru"}
+    params : mapping
+        gatecore/PyTorch parameters. LSTM with projection has no Keras form.
+    layer, reverse
+        Which layer and direction (``reverse``: the ``_reverse`` keys, for the backward layer
+        of ``keras.layers.Bidirectional``).
+    reset_after : bool
+        GRU: the option the parameters are used with; the Keras layer must be built with the
+        same ``reset_after``.
+
+    Returns
+    -------
+    dict
+        ``kernel`` [I, G*H], ``recurrent_kernel`` [H, G*H] and ``bias`` in Keras's gate order
+        (``layer.set_weights([d["kernel"], d["recurrent_kernel"], d["bias"]])``): [G*H] =
+        ``bias_ih + bias_hh`` (Keras keeps one bias; for LSTM and a reset-before GRU only the
+        sum matters), or [2, G*H] for a GRU with ``reset_after``.
+
+    Raises
+    ------
+    ValueError, ParameterError, ShapeError, DTypeError
+        Unknown cell, a projection, missing keys, or arrays of the wrong shape or dtype.
+    """
+    cell = _cell(cell)
+    w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, reverse, "Keras's LSTM")
+    order = _KERAS_ORDER[cell]
+    kernel = np.ascontiguousarray(_unorder(w_ih, order, H).T)
+    recurrent = np.ascontiguousarray(_unorder(w_hh, order, H).T)
+    if cell == "gru" and reset_after:
+        bias = np.stack([_unorder(b_ih, order, H), _unorder(b_hh, order, H)])
+    else:
+        bias = _unorder(b_ih + b_hh, order, H)
+    return {"kernel": kernel, "recurrent_kernel": recurrent, "bias": bias}
