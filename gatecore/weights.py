@@ -65,7 +65,11 @@ def _cell(name) -> str:
 
 
 def _float(name: str, value) -> np.ndarray:
-    arr = np.asarray(value)
+    from .api import _to_numpy  # (torch tensors, masked and CUDA arrays as in the API)
+
+    arr = _to_numpy(name, value)
+    if not arr.dtype.isnative:  # big-endian data from a file: same values, native order
+        arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in (np.float32, np.float64):
         if arr.dtype.kind in "iub" or arr.dtype == np.float16:
             arr = arr.astype(np.float32)
