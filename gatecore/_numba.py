@@ -18,7 +18,10 @@ def gc_paused():
     hundreds of thousands of objects, and the collector ran full passes over all of them
     several times meanwhile. Measured on the 2-core EPYC, a fresh process's import plus first
     LSTM forward with Numba's cache filled, median of 8 each: 1.33 s with the collector, 1.09
-    without. Never around a compilation (whose garbage can be large) or a user's call.
+    without. Never around the compilation of a kernel (whose garbage can be large) or a
+    user's call; Numba's set-up compiles only its few runtime helpers. The switch is the
+    process's: other threads run without the collector for those 0.2-0.5 s too, and one that
+    turns it off meanwhile finds it on again afterwards.
     """
     was = gc.isenabled()
     gc.disable()
@@ -42,8 +45,9 @@ def prepare_cpu_target() -> None:
         return
     _target_ready = True
     try:
+        from numba.core.compiler_lock import global_compiler_lock
         from numba.core.registry import cpu_target
-        with gc_paused():
+        with global_compiler_lock, gc_paused():  # (Numba refreshes under its lock too)
             cpu_target.target_context.refresh()
     except Exception:  # pragma: no cover - an internal API of Numba's that may move
         pass

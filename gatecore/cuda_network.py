@@ -488,7 +488,9 @@ def cuda_backward(tape: CudaTape, dy=None, dstate_n=None):
             width = Hr if s == 0 else H
             name = f"dstate_n[{s}] (d{spec.state_names[s]}_n)"
             want = (L * D, width) if tape.unbatched else (L * D, B, width)
-            value = _checked(name, value, dtype, want)
+            what = (f"[num_layers*num_directions, {'' if tape.unbatched else 'batch, '}"
+                    f"{'proj_size' if (s == 0 and P) else 'hidden_size'}]")
+            value = _checked(name, value, dtype, want, what)
         ds_in.append(value)
     if dy is not None:
         dy_d = ws.get("b_dy", dtype, lambda T_, B_: (T_, B_, W))

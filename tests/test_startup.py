@@ -23,6 +23,16 @@ def test_import_leaves_the_collector_as_it_was(enabled):
 
 
 def test_gc_paused_nests_and_restores_on_error():
+    was = gc.isenabled()
+    gc.enable()
+    try:
+        _nesting_and_errors()
+    finally:
+        if not was:
+            gc.disable()
+
+
+def _nesting_and_errors():
     assert gc.isenabled()
     with gc_paused():
         assert not gc.isenabled()
