@@ -15,6 +15,7 @@ Complex and object arrays are refused.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,6 +96,40 @@ def _check_lengths(lengths, B: int, T: int) -> np.ndarray:
             f"lengths must lie in [0, T={T}] (T = sequence length of x), got min {arr.min()}, max {arr.max()}"
         )
     return arr.astype(np.int64)
+
+
+def _check_dropout(dropout) -> float:
+    """``dropout`` as a float in [0, 1] (PyTorch's range), or a clear error."""
+    if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.integer, np.floating)):
+        raise TypeError(f"dropout must be a number in [0, 1], got {dropout!r}")
+    p = float(dropout)
+    if not 0.0 <= p <= 1.0:  # (NaN fails too)
+        raise ValueError(f"dropout must be in [0, 1], got {dropout!r}")
+    return p
+
+
+def _check_rng(rng) -> None:
+    if rng is None or isinstance(rng, (np.random.Generator, np.random.SeedSequence,
+                                       np.random.BitGenerator)):
+        return
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)) and rng >= 0:
+        return
+    raise TypeError(f"rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng!r}")
+
+
+def _dropout_plan(p, rng, training, num_layers):
+    """None, or (p, Generator) for run_forward/cuda_forward: dropout between the layers of a
+    training call (a one-layer network warns and drops nothing, as PyTorch)."""
+    if not (p and training):
+        return None
+    if num_layers == 1:
+        warnings.warn(
+            "dropout adds dropout after all but the last recurrent layer, so a non-zero "
+            f"dropout expects num_layers greater than 1, but got dropout={p} and num_layers=1",
+            UserWarning, stacklevel=3)
+        return None
+    # rng itself (a Generator advances), a new one from a seed, or fresh entropy
+    return (p, np.random.default_rng(int(rng) if isinstance(rng, np.integer) else rng))
 
 
 def _layout(x_ndim: int, batch_first: bool) -> str:
@@ -191,7 +226,8 @@ def _runs_on_cuda(x, params, workspace) -> bool:
 
 # --------------------------------------------------------------------------- public API
 def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first: bool = False,
-            workspace: Workspace | None = None, training: bool = True, **cell_options: Any):
+            workspace: Workspace | None = None, training: bool = True, dropout: float = 0.0,
+            rng=None, **cell_options: Any):
     """Run a network of gated cells forward; keep a tape for :func:`backward`.
 
     Parameters
@@ -223,6 +259,18 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         parameters first; inference reads C-contiguous, aligned, writeable parameters (and x,
         with one direction) of the parameters' dtype in place for the whole call, so they must
         not change while it runs (another thread's optimizer step, for example).
+    dropout : float in [0, 1]
+        PyTorch's ``dropout`` (Srivastava et al. 2014, inverted): in a training call, each
+        element of every layer's output but the last is zeroed with probability ``dropout``
+        and the others scaled by 1 / (1 - dropout) before the next layer reads them; the
+        tape keeps the masks and :func:`backward` applies them. Ignored with
+        ``training=False`` (like ``module.eval()``); with one layer it does nothing and warns,
+        as PyTorch does. On the GPU too (the masks are drawn on the host, the same as on the
+        CPU for the same ``rng``).
+    rng : numpy.random.Generator, int or None
+        Source of the dropout masks (``numpy.random.default_rng(rng)``: a Generator is used
+        as is, so a caller's Generator advances; an int seeds a new one each call; None
+        draws fresh entropy each call). Unused without dropout.
     **cell_options
         Options of the cell, for example ``reset_after=False`` for ``"gru"``.
 
@@ -240,7 +288,9 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         Inconsistent parameters, wrong shapes, dtypes that do not agree (see the dtype rule
         in this module's docstring); each message names the argument.
     ValueError
-        ``lengths`` outside [0, T], non-integer or non-finite.
+        ``lengths`` outside [0, T], non-integer or non-finite; ``dropout`` outside [0, 1].
+    TypeError
+        ``dropout`` not a real number, ``rng`` not a Generator, seed or None.
 
     Notes
     -----
@@ -255,12 +305,17 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
     >>> y.shape, h_n.shape
     ((4, 2, 5), (1, 2, 5))
     """
+    p_drop = _check_dropout(dropout)
+    _check_rng(rng)
+    if not isinstance(training, (bool, np.bool_)):
+        raise TypeError(f"training must be True or False, got {training!r}")
+
     if _runs_on_cuda(x, params, workspace):  # the GPU twin (gatecore.cuda_network)
         from .cuda_network import cuda_forward
         return cuda_forward(cell, x, params, state0, lengths=lengths, batch_first=batch_first,
-                            workspace=workspace, training=training, **cell_options)
-    if not isinstance(training, (bool, np.bool_)):
-        raise TypeError(f"training must be True or False, got {training!r}")
+                            workspace=workspace, training=training,
+                            dropout=(p_drop, rng) if p_drop and training else None,
+                            **cell_options)
     spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
     # inference reads prepared parameters and their transposes in place; training copies
@@ -269,7 +324,8 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
               else None)
     y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
                                    bool(training), bool(batch_first), unbatched, dtype,
-                                   packed=packed)
+                                   packed=packed,
+                                   dropout=_dropout_plan(p_drop, rng, training, dims.num_layers))
     return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
 
 

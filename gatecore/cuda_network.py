@@ -29,11 +29,12 @@ from collections.abc import Mapping
 import numpy as np
 from numba import cuda
 
-from .api import _check_dtype, _check_lengths, _layout, _shape_str, _to_numpy
+from .api import _check_dtype, _check_lengths, _dropout_plan, _layout, _shape_str, _to_numpy
 from .cells.spec import CellSpec
 from .errors import DTypeError, GatecoreError, ParameterError, ShapeError, StaleTapeError
 from .kernels import cuda_util as cu
 from .kernels.cuda_factory import THREADS, TILE, cuda_kernels
+from .network import draw_mask
 from .params import Dims, _as_param_array, parse_params
 from .registry.manager import get_registry
 from .workspace import Workspace
@@ -222,6 +223,7 @@ class CudaTape:
     generation: int
     xs: list
     buffers: dict
+    masks: list | None = None  # dropout: device masks [T, B, D*Hr] per layer but the last
     device: str = "cuda"
 
 
@@ -281,11 +283,14 @@ def _state_tuple(value, S, what):
 
 # ------------------------------------------------------------------------------ forward
 def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=False,
-                 workspace=None, training=True, **cell_options):
+                 workspace=None, training=True, dropout=None, **cell_options):
     """:func:`gatecore.forward` on the GPU; same arguments, device arrays out.
 
     Returns ``(y, state_n, tape)`` with ``y`` and ``state_n`` Numba device arrays (views into
     the workspace) and ``tape`` a :class:`CudaTape` (None when ``training=False``).
+    ``dropout``: None, or (p, rng) for dropout between layers in a training call, as checked
+    by ``gatecore.forward``: the masks are drawn on the host as on the CPU (same rng, same
+    masks) and copied to the device.
     """
     require_gpu()
     spec = get_registry().get(cell).with_options(**cell_options)
@@ -327,6 +332,8 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
         lengths = _as_device("lengths", lengths).copy_to_host()
     lens = _check_lengths(lengths, B, T)
     L, D, H, Hr, P = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr, dims.proj_size
+    if dropout is not None:
+        dropout = _dropout_plan(dropout[0], dropout[1], keep, L)
     G, G1, S, K, E = spec.num_gates, spec.g1, spec.num_states, spec.tape_size, spec.num_extra
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
     # every input checked before the workspace is touched: a rejected call leaves earlier
@@ -372,6 +379,10 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
 
     xs = [x0]
     buffers = {}
+    masks = []
+    if keep and dropout is not None:  # host buffers for the masks (drawn there, then copied)
+        ws_host = ws.__dict__.setdefault("_dropout_host", Workspace())
+        ws_host._begin(T, B)
     layer_in = x0
     for k in range(L):
         tag_y = f"y{k}" if keep else f"y{k % 2}"
@@ -429,12 +440,23 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
             if keep:
                 buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex)
         layer_in = y
+        if keep and k + 1 < L and dropout is not None:  # masks drawn on the host (as on the CPU)
+            W = y.shape[2]
+            host = ws_host.get(f"dmask{k}", dtype, lambda T_, B_, w=W: (T_, B_, w))
+            draw_mask(dropout, host)
+            m = ws.get(f"dmask{k}", dtype, lambda T_, B_, w=W: (T_, B_, w))
+            if m.size:
+                m.copy_to_device(host)
+            out = ws.get(f"dropped{k}", dtype, lambda T_, B_, w=W: (T_, B_, w))
+            _p(cu.mul_into, out.size, y.reshape(y.size), m.reshape(m.size), out.reshape(out.size))
+            masks.append(m)
+            layer_in = out
         if keep and k + 1 < L:
-            xs.append(y)
+            xs.append(layer_in)
     tape = None
     if keep:
         tape = CudaTape(spec, dims, dtype, T, B, bool(batch_first), unbatched, lens_d, layers,
-                        ws, gen, xs, buffers)
+                        ws, gen, xs, buffers, masks if dropout is not None else None)
     return (_out3(ws, "y_bf", layer_in, batch_first, unbatched), _out_states(state_n, unbatched),
             tape)
 
@@ -600,6 +622,9 @@ def cuda_backward(tape: CudaTape, dy=None, dstate_n=None):
                 _gemm_tn(mod, dhist.reshape(TB, Hr), m2d, dparams["weight_hr" + sfx])
             _g(mod.gemm_nn, TB, Din, dax.reshape(1, TB, GH), 0, group["weight_ih"], 0,
                dx_k.reshape(1, TB, Din), 0, d > 0)
+        if k > 0 and tape.masks is not None:  # through layer k-1's dropout
+            _p(cu.mul_into, dx_k.size, dx_k.reshape(dx_k.size),
+               tape.masks[k - 1].reshape(dx_k.size), dx_k.reshape(dx_k.size))
         d_out = dx_k
         has_dy = True
     if tape.unbatched:

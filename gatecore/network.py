@@ -59,6 +59,7 @@ class Tape:
     buffers: dict  # (k, d) -> dict of gx, hp, st, u, tp, ex, mh, w1c, w2c, whrc
     team: bool = False  # forward ran packed products (no transposed copies w1c on the tape)
     packed_own: bool = False  # forward's own products ran packed (no transposed copies either)
+    masks: list | None = None  # dropout: masks[k] [T, B, D*Hr], 0 or 1/(1-p), on layer k's output
 
     def check_fresh(self) -> None:
         """Raise :class:`StaleTapeError` if the workspace was reused since this tape was made."""
@@ -472,9 +473,39 @@ def _fp_quiet(fn):
     return quiet
 
 
+def _drop(ws, dtype, k, y, dropout, masks):
+    """Dropout on layer k's output y [T, B, W] in training (PyTorch's ``dropout``, Srivastava
+    et al. 2014, inverted): each element kept with probability 1 - p and scaled by
+    1 / (1 - p), or zeroed; ``dropout`` = (p, numpy Generator). The mask (0 or 1/(1-p)) is
+    appended to ``masks`` for backward; returns the next layer's input (workspace views)."""
+    m = ws.get(f"dmask{k}", dtype, lambda T_, B_, w=y.shape[2]: (T_, B_, w))
+    out = ws.get(f"dropped{k}", dtype, lambda T_, B_, w=y.shape[2]: (T_, B_, w))
+    draw_mask(dropout, m)
+    np.multiply(y, m, out=out)
+    masks.append(m)
+    return out
+
+
+def draw_mask(dropout, m) -> None:
+    """Fill ``m`` (a C-contiguous float32/float64 host array) with a dropout mask: 1/(1-p)
+    where a uniform draw in [0, 1) is at least p, else 0; ``dropout`` = (p, Generator).
+    (The GPU backend draws its masks here too, then copies them to the device.)"""
+    p, gen = dropout
+    if p >= 1.0:
+        m.fill(0)
+        return
+    t = m.dtype.type
+    flat = m.reshape(-1)
+    gen.random(out=flat, dtype=m.dtype)  # uniform in [0, 1)
+    flat += t(1.0 - p)                   # [1-p, 2-p): the floor is 1 iff the draw is >= p
+    np.floor(flat, out=flat)
+    flat *= t(1.0 / (1.0 - p))
+
+
 @_fp_quiet
 def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded, ws: Workspace,
-                training: bool, batch_first: bool, unbatched: bool, dtype, packed=None):
+                training: bool, batch_first: bool, unbatched: bool, dtype, packed=None,
+                dropout=None):
     """Run the network on validated inputs.
 
     ``xa`` [T, B, I] is a time-major view of x (any strides), ``states`` a tuple with None or
@@ -482,6 +513,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     into the workspace first (inference reads C-contiguous ones of the right dtype in place).
     ``packed`` (inference only): the transposed weights of prepared parameters
     (``PreparedParams._layout``), whose arrays are gatecore's own and are read in place.
+    ``dropout`` (training only): (p, numpy Generator) for dropout between layers (``_drop``).
     Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)`` as workspace views.
     """
     T, B, _ = xa.shape
@@ -513,6 +545,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
 
     xs = [x]
     buffers = {}
+    masks = []
     layer_in = x
     for k in range(L):
         y = views["y", k]
@@ -623,12 +656,14 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex, mh=mh, w1c=w1c,
                                        w2c=w2c, whrc=whrc)
         layer_in = y
+        if keep and k + 1 < L and dropout is not None:
+            layer_in = _drop(ws, dtype, k, y, dropout, masks)
         if keep and k + 1 < L:
-            xs.append(y)
+            xs.append(layer_in)
     tape = None
     if keep:
         tape = Tape(spec, dims, dtype, T, B, batch_first, unbatched, lengths, layers, ws, gen,
-                    xs, buffers, team, pown)
+                    xs, buffers, team, pown, masks if dropout is not None else None)
     # fresh view objects for the caller (the memoized ones stay gatecore's: see _forward_views)
     return layer_in.view(), tuple(s.view() for s in state_n), tape
 
@@ -778,6 +813,8 @@ def run_backward(tape: Tape, dy, dstate_n):
             else:
                 tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n))
                 mm_acc(dax2d, group["weight_ih"], dx2d, tmp)
+        if k > 0 and tape.masks is not None:  # through layer k-1's dropout
+            np.multiply(dx_k, tape.masks[k - 1], out=dx_k)
         d_out = dx_k
         has_dy = True
     # fresh view objects for the caller (the memoized ones stay gatecore's: _backward_views)

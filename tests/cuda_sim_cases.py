@@ -43,7 +43,7 @@ def close(actual, expected, dtype, what):
 
 
 def run_both(cell, opts, *, T, B, I, H, L, D, lengths, dtype=np.float64, proj=0,
-             batch_first=False, unbatched=False, seed=0, device_params=False):
+             batch_first=False, unbatched=False, seed=0, device_params=False, dropout=0.0):
     """Forward + backward on the CPU engine and on the device; compare everything."""
     rng = np.random.default_rng(seed)
     spec = gatecore.get_cell(cell).with_options(**opts)
@@ -64,7 +64,7 @@ def run_both(cell, opts, *, T, B, I, H, L, D, lengths, dtype=np.float64, proj=0,
     dsn = tuple(rng.standard_normal(s.shape).astype(dtype) for s in state0)
     kw = dict(lengths=lengths, batch_first=batch_first, **opts)
 
-    y, sn, tape = gatecore.forward(cell, x, p, state0, **kw)
+    y, sn, tape = gatecore.forward(cell, x, p, state0, dropout=dropout, rng=11, **kw)
     y, sn = y.copy(), [s.copy() for s in sn]
     dx, ds0, dp = gatecore.backward(tape, dy, dsn)
     dx, ds0, dp = dx.copy(), [s.copy() for s in ds0], {k: v.copy() for k, v in dp.items()}
@@ -72,7 +72,7 @@ def run_both(cell, opts, *, T, B, I, H, L, D, lengths, dtype=np.float64, proj=0,
     pd = gatecore.to_device(p) if device_params else p
     xd = cuda.to_device(x)
     state0_d = tuple(cuda.to_device(s) for s in state0)
-    yd, snd, taped = gatecore.forward(cell, xd, pd, state0_d, **kw)
+    yd, snd, taped = gatecore.forward(cell, xd, pd, state0_d, dropout=dropout, rng=11, **kw)
     assert isinstance(taped, CudaTape)
     close(yd, y, dtype, "y")
     for s, (a, b) in enumerate(zip(snd, sn)):
@@ -169,3 +169,11 @@ def test_rejected_call_leaves_earlier_tape_usable():
         gatecore.backward(tape, np.ones((3, 2, 4)))
     dx, _, _ = gatecore.backward(tape, np.ones((3, 2, 3)))
     assert host(dx).shape == (3, 2, 2)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_dropout_between_layers_matches_cpu(cell):
+    """Dropout between layers: the same rng gives the same masks on the host for both
+    backends (three layers, both directions, lengths, batch_first)."""
+    run_both(cell, {}, T=4, B=3, I=3, H=4, L=3, D=2, lengths=[4, 0, 2], batch_first=True,
+             dropout=0.35, seed=4)

@@ -7,7 +7,7 @@ zeroed, batch_first transposes, state slabs). Importing this module imports ``nu
 
 from numba import cuda
 
-__all__ = ["copy_in3", "copy_in2", "copy_slab", "copy_1d", "fill_zero", "swap01"]
+__all__ = ["copy_in3", "copy_in2", "copy_slab", "copy_1d", "fill_zero", "swap01", "mul_into"]
 
 
 
@@ -56,6 +56,14 @@ def copy_slab(src, isrc, dst, idst):
         b = idx // W
         j = idx - b * W
         dst[idst, b, j] = src[isrc, b, j]
+
+
+@cuda.jit
+def mul_into(a, b, out):
+    """out[:] = a * b for 1-D arrays (out may be a or b): dropout's masks."""
+    idx = cuda.grid(1)
+    if idx < out.shape[0]:
+        out[idx] = a[idx] * b[idx]
 
 
 @cuda.jit
