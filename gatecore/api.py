@@ -99,8 +99,12 @@ def _check_lengths(lengths, B: int, T: int) -> np.ndarray:
 
 
 def _check_dropout(dropout) -> float:
-    """``dropout`` as a float in [0, 1] (PyTorch's range), or a clear error."""
-    if isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, (int, float, np.integer, np.floating)):
+    """``dropout`` as a float in [0, 1] (PyTorch's range), or a clear error: any real scalar
+    (Python, NumPy, a 0-d array or tensor), not a bool, string, complex or sequence."""
+    dt = getattr(dropout, "dtype", None)
+    if (dropout is None or isinstance(dropout, (bool, np.bool_, str, bytes, complex))
+            or getattr(dropout, "ndim", 0) != 0 or not hasattr(dropout, "__float__")
+            or (isinstance(dt, np.dtype) and dt.kind in "bcOSU")):
         raise TypeError(f"dropout must be a number in [0, 1], got {dropout!r}")
     p = float(dropout)
     if not 0.0 <= p <= 1.0:  # (NaN fails too)
@@ -109,6 +113,8 @@ def _check_dropout(dropout) -> float:
 
 
 def _check_rng(rng) -> None:
+    """None, a Generator (advances), a BitGenerator (wrapped, advances), or an int seed or
+    SeedSequence (the same masks at every call)."""
     if rng is None or isinstance(rng, (np.random.Generator, np.random.SeedSequence,
                                        np.random.BitGenerator)):
         return
@@ -117,16 +123,17 @@ def _check_rng(rng) -> None:
     raise TypeError(f"rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng!r}")
 
 
-def _dropout_plan(p, rng, training, num_layers):
+def _dropout_plan(p, rng, training, num_layers, stacklevel=3):
     """None, or (p, Generator) for run_forward/cuda_forward: dropout between the layers of a
-    training call (a one-layer network warns and drops nothing, as PyTorch)."""
+    training call (a one-layer network warns and drops nothing, as PyTorch; ``stacklevel``
+    makes the warning name the caller's line)."""
     if not (p and training):
         return None
     if num_layers == 1:
         warnings.warn(
             "dropout adds dropout after all but the last recurrent layer, so a non-zero "
             f"dropout expects num_layers greater than 1, but got dropout={p} and num_layers=1",
-            UserWarning, stacklevel=3)
+            UserWarning, stacklevel=stacklevel)
         return None
     # rng itself (a Generator advances), a new one from a seed, or fresh entropy
     return (p, np.random.default_rng(int(rng) if isinstance(rng, np.integer) else rng))
@@ -268,8 +275,9 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         as PyTorch does. On the GPU too (the masks are drawn on the host, the same as on the
         CPU for the same ``rng``).
     rng : numpy.random.Generator, int or None
-        Source of the dropout masks (``numpy.random.default_rng(rng)``: a Generator is used
-        as is, so a caller's Generator advances; an int seeds a new one each call; None
+        Source of the dropout masks (``numpy.random.default_rng(rng)``: a Generator (or
+        BitGenerator) is used as is, so it advances from call to call; an int seed (or
+        SeedSequence) seeds a new one each call, so every call draws the same masks; None
         draws fresh entropy each call). Unused without dropout.
     **cell_options
         Options of the cell, for example ``reset_after=False`` for ``"gru"``.

@@ -333,7 +333,7 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
     lens = _check_lengths(lengths, B, T)
     L, D, H, Hr, P = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr, dims.proj_size
     if dropout is not None:
-        dropout = _dropout_plan(dropout[0], dropout[1], keep, L)
+        dropout = _dropout_plan(dropout[0], dropout[1], keep, L, stacklevel=4)
     G, G1, S, K, E = spec.num_gates, spec.g1, spec.num_states, spec.tape_size, spec.num_extra
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
     # every input checked before the workspace is touched: a rejected call leaves earlier

@@ -98,6 +98,24 @@ def _unorder(a: np.ndarray, order, H: int, axis: int = 0) -> np.ndarray:
     return _reorder(a, inverse, H, axis)
 
 
+def _flag(name: str, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def _gru_option(cell: str, reset_after) -> bool:
+    """A GRU's ``reset_after`` for export: required (no default), as the two conventions
+    share one parameter layout and a wrong guess goes unnoticed."""
+    if cell != "gru":
+        return True if reset_after is None else _flag("reset_after", reset_after)
+    if reset_after is None:
+        raise TypeError("reset_after is required for a GRU: pass the option the parameters are "
+                        "used with (gatecore's default is True; ONNX linear_before_reset=1, "
+                        "Keras reset_after=True)")
+    return _flag("reset_after", reset_after)
+
+
 def _suffix(layer: int, reverse: bool) -> str:
     if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or layer < 0:
         raise ValueError(f"layer must be a non-negative int, got {layer!r}")
@@ -137,9 +155,10 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
         ``_reverse`` ones when D = 2), PyTorch's layout, W's dtype (float16 and integer
         arrays become float32).
     options : dict
-        Cell options to pass along: ``{"reset_after": bool(linear_before_reset)}`` for GRU,
-        ``{}`` for LSTM. Forgetting ``reset_after=False`` for an ONNX GRU with the default
-        ``linear_before_reset=0`` silently computes the other cell.
+        Cell options to pass along (``gatecore.gru(x, params, **options)``):
+        ``{"reset_after": bool(linear_before_reset)}`` for GRU, ``{}`` for LSTM. Dropping
+        them for an ONNX GRU with the default ``linear_before_reset=0`` silently computes the
+        other cell (outputs off by 0.1-1 in a test): the parameter layout is the same.
 
     Raises
     ------
@@ -174,13 +193,16 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     if B.dtype != W.dtype:
         raise DTypeError(f"B has dtype {B.dtype} but W has {W.dtype}; give all arrays one dtype")
     want = "forward" if D == 1 else "bidirectional"
+    if isinstance(direction, bytes):  # as onnx.helper.get_attribute_value returns it
+        direction = direction.decode()
     if direction is not None and direction != want:
         if direction == "reverse" and D == 1:
             raise ValueError(
                 "direction='reverse' (one direction run backwards) has no gatecore/PyTorch layer: "
                 "reverse each sequence over its length and convert with direction='forward'")
         raise ValueError(f"direction must be {want!r} for W with {D} direction(s), got {direction!r}")
-    if linear_before_reset not in (0, 1, False, True):
+    if not (isinstance(linear_before_reset, (int, np.integer, np.bool_))
+            and linear_before_reset in (0, 1)):
         raise ValueError(f"linear_before_reset must be 0 or 1, got {linear_before_reset!r}")
     order = _ONNX_ORDER[cell]
     params = {}
@@ -216,10 +238,14 @@ def _layer_arrays(params, cell: str, layer: int, reverse: bool, what: str):
     b_hh = _float("bias_hh" + sfx, params.get("bias_hh" + sfx, zeros))
     _shape("bias_ih" + sfx, b_ih, (G * H,), f"[{G}*hidden_size]")
     _shape("bias_hh" + sfx, b_hh, (G * H,), f"[{G}*hidden_size]")
+    for name, a in (("weight_hh", w_hh), ("bias_ih", b_ih), ("bias_hh", b_hh)):
+        if a.dtype != w_ih.dtype:
+            raise DTypeError(f"{name}{sfx} has dtype {a.dtype} but weight_ih{sfx} has "
+                             f"{w_ih.dtype}; give all arrays of a layer one dtype")
     return w_ih, w_hh, b_ih, b_hh, H
 
 
-def to_onnx(cell, params, *, layer: int = 0, reset_after: bool = True) -> dict:
+def to_onnx(cell, params, *, layer: int = 0, reset_after: bool | None = None) -> dict:
     """The inputs and attributes of an ONNX ``LSTM``/``GRU`` node for one layer of ``params``.
 
     Parameters
@@ -231,7 +257,8 @@ def to_onnx(cell, params, *, layer: int = 0, reset_after: bool = True) -> dict:
     layer : int
         Which layer k; both directions when ``weight_ih_l{k}_reverse`` is present.
     reset_after : bool
-        The GRU's option the parameters are used with (gatecore's default True).
+        GRU (required): the option the parameters are used with (gatecore's default is
+        True). Ignored for LSTM.
 
     Returns
     -------
@@ -243,9 +270,13 @@ def to_onnx(cell, params, *, layer: int = 0, reset_after: bool = True) -> dict:
     Raises
     ------
     ValueError, ParameterError, ShapeError, DTypeError
-        Unknown cell, a projection, missing keys, or arrays of the wrong shape or dtype.
+        Unknown cell, a projection, missing keys, or arrays of the wrong shape or dtype
+        (all of one layer must share one dtype; both directions one shape).
+    TypeError
+        A GRU without ``reset_after``.
     """
     cell = _cell(cell)
+    reset_after = _gru_option(cell, reset_after)
     if not isinstance(params, Mapping):
         raise DTypeError(f"params must be a mapping of name to array, got {type(params).__name__}")
     D = 2 if f"weight_ih{_suffix(layer, True)}" in params else 1
@@ -253,13 +284,17 @@ def to_onnx(cell, params, *, layer: int = 0, reset_after: bool = True) -> dict:
     order = _ONNX_ORDER[cell]
     for d in range(D):
         w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, d == 1, "ONNX's LSTM")
+        if d and (w_ih.shape != W[0].shape or w_ih.dtype != W[0].dtype):
+            raise ShapeError(
+                f"weight_ih{_suffix(layer, True)} is {list(w_ih.shape)} {w_ih.dtype} but the "
+                f"forward direction's is {list(W[0].shape)} {W[0].dtype}: an ONNX node needs both alike")
         W.append(_unorder(w_ih, order, H))
         R.append(_unorder(w_hh, order, H))
         B.append(np.concatenate([_unorder(b_ih, order, H), _unorder(b_hh, order, H)]))
     out = {"W": np.stack(W), "R": np.stack(R), "B": np.stack(B), "hidden_size": H,
            "direction": "bidirectional" if D == 2 else "forward"}
     if cell == "gru":
-        out["linear_before_reset"] = int(bool(reset_after))
+        out["linear_before_reset"] = int(reset_after)
     return out
 
 
@@ -309,6 +344,7 @@ def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after: bool =
     ``hard_sigmoid``) and the activation ``tanh``.
     """
     cell = _cell(cell)
+    reset_after = _flag("reset_after", reset_after)
     G = _GATES[cell]
     kernel = _float("kernel", kernel)
     if kernel.ndim != 2 or kernel.shape[1] % G or kernel.shape[1] == 0:
@@ -347,7 +383,7 @@ def from_keras(cell, kernel, recurrent_kernel, bias=None, *, reset_after: bool =
 
 
 def to_keras(cell, params, *, layer: int = 0, reverse: bool = False,
-             reset_after: bool = True) -> dict:
+             reset_after: bool | None = None) -> dict:
     """The weights of a Keras ``LSTM``/``GRU`` layer for one layer and direction of ``params``.
 
     Parameters
@@ -359,8 +395,8 @@ def to_keras(cell, params, *, layer: int = 0, reverse: bool = False,
         Which layer and direction (``reverse``: the ``_reverse`` keys, for the backward layer
         of ``keras.layers.Bidirectional``).
     reset_after : bool
-        GRU: the option the parameters are used with; the Keras layer must be built with the
-        same ``reset_after``.
+        GRU (required): the option the parameters are used with; the Keras layer must be
+        built with the same ``reset_after``. Ignored for LSTM.
 
     Returns
     -------
@@ -374,8 +410,11 @@ def to_keras(cell, params, *, layer: int = 0, reverse: bool = False,
     ------
     ValueError, ParameterError, ShapeError, DTypeError
         Unknown cell, a projection, missing keys, or arrays of the wrong shape or dtype.
+    TypeError
+        A GRU without ``reset_after``.
     """
     cell = _cell(cell)
+    reset_after = _gru_option(cell, reset_after)
     w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, reverse, "Keras's LSTM")
     order = _KERAS_ORDER[cell]
     kernel = np.ascontiguousarray(_unorder(w_ih, order, H).T)

@@ -144,6 +144,7 @@ class Workspace:
         self._buffers.clear()
         self._views.clear()
         self._fixed.clear()
+        self.__dict__.pop("_dropout_host", None)  # a CUDA workspace's host buffers for masks
         self.generation += 1
 
     def __repr__(self) -> str:

@@ -177,3 +177,10 @@ def test_dropout_between_layers_matches_cpu(cell):
     backends (three layers, both directions, lengths, batch_first)."""
     run_both(cell, {}, T=4, B=3, I=3, H=4, L=3, D=2, lengths=[4, 0, 2], batch_first=True,
              dropout=0.35, seed=4)
+
+
+def test_dropout_one_layer_warning_names_the_caller():
+    p = gatecore.init_params("gru", 2, 3, dtype=np.float64, seed=0)
+    with pytest.warns(UserWarning, match="num_layers greater than 1") as rec:
+        gatecore.forward("gru", cuda.to_device(np.ones((2, 1, 2))), p, dropout=0.3)
+    assert rec[0].filename == __file__

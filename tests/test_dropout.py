@@ -128,3 +128,17 @@ def test_dropout_arguments():
     gatecore.forward("gru", x, p2, dropout=0.5, rng=np.random.default_rng(0))
     with pytest.raises(TypeError, match="rng must be"):  # checked even where unused
         gatecore.forward("gru", x, p2, training=False, rng="seed")
+
+
+def test_dropout_accepts_real_scalars_of_any_kind():
+    torch = pytest.importorskip("torch")
+    from fractions import Fraction
+
+    p2 = gatecore.init_params("lstm", 3, 4, num_layers=2, dtype=np.float64, seed=0)
+    x = np.ones((3, 2, 3))
+    want = gatecore.forward("lstm", x, p2, dropout=0.5, rng=3)[0].copy()
+    for p in (np.float32(0.5), np.array(0.5), torch.tensor(0.5), Fraction(1, 2)):
+        np.testing.assert_array_equal(gatecore.forward("lstm", x, p2, dropout=p, rng=3)[0], want)
+    for bad in (np.array([0.5]), np.array(True), 0.5j):
+        with pytest.raises(TypeError, match="dropout must be a number"):
+            gatecore.forward("lstm", x, p2, dropout=bad)

@@ -85,7 +85,7 @@ def test_to_onnx_of_a_torch_module_matches_onnxruntime(rng):
     outputs as gatecore on the original weights; B omitted means zero biases."""
     p = gatecore.init_params("gru", 3, 4, bidirectional=True, seed=2)
     x = rng.standard_normal((5, 2, 3)).astype(np.float32)
-    o = weights.to_onnx("gru", p)
+    o = weights.to_onnx("gru", p, reset_after=True)
     h0 = np.zeros((2, 2, 4), np.float32)
     Y, Y_h = _onnx_run("GRU", o["W"], o["R"], o["B"], x, [5, 5], h0,
                        linear_before_reset=o["linear_before_reset"])
@@ -210,3 +210,41 @@ def test_converters_reject_bad_input():
         weights.to_keras("lstm", gatecore.init_params("lstm", 3, 4, seed=0), layer=1)
     with pytest.raises(ValueError, match="layer"):
         weights.to_keras("lstm", gatecore.init_params("lstm", 3, 4, seed=0), layer=-1)
+    # the GRU's convention must be said when exporting (one layout, two cells)
+    g = gatecore.init_params("gru", 3, 4, bidirectional=True, seed=0)
+    for fn in (weights.to_onnx, weights.to_keras):
+        with pytest.raises(TypeError, match="reset_after is required"):
+            fn("gru", g)
+        with pytest.raises(TypeError, match="reset_after must be True or False"):
+            fn("gru", g, reset_after="no")
+    with pytest.raises(TypeError, match="reset_after must be True or False"):
+        weights.from_keras("gru", np.zeros((3, 6)), np.zeros((2, 6)), reset_after=1)
+    for bad in (1.0, np.array([1]), "1"):
+        with pytest.raises(ValueError, match="linear_before_reset"):
+            weights.from_onnx("GRU", np.zeros((1, 6, 3)), np.zeros((1, 6, 2)),
+                              linear_before_reset=bad)
+    # one dtype per layer; both directions alike
+    mixed = dict(g, bias_ih_l0=g["bias_ih_l0"].astype(np.float64))
+    with pytest.raises(DTypeError, match="bias_ih_l0 has dtype float64"):
+        weights.to_onnx("gru", mixed, reset_after=True)
+    with pytest.raises(DTypeError, match="bias_ih_l0 has dtype float64"):
+        weights.to_keras("gru", mixed, reset_after=True)
+    uneven = dict(g, weight_ih_l0_reverse=np.zeros((12, 5), np.float32))
+    with pytest.raises(ShapeError, match="both alike"):
+        weights.to_onnx("gru", uneven, reset_after=True)
+
+
+def test_from_onnx_reads_attributes_as_onnx_gives_them():
+    """onnx.helper.get_attribute_value gives strings as bytes (direction=b'bidirectional')."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import helper
+
+    node = helper.make_node("GRU", ["X", "W", "R"], ["Y"], hidden_size=2,
+                            direction="bidirectional", linear_before_reset=1)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    assert attrs["direction"] == b"bidirectional"
+    params, options = weights.from_onnx(node.op_type, np.ones((2, 6, 3)), np.ones((2, 6, 2)),
+                                        direction=attrs["direction"],
+                                        linear_before_reset=attrs["linear_before_reset"])
+    assert options == {"reset_after": True} and "weight_ih_l0_reverse" in params
+    del onnx
