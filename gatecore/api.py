@@ -120,7 +120,8 @@ def _check_rng(rng) -> None:
         return
     if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)) and rng >= 0:
         return
-    raise TypeError(f"rng must be a numpy.random.Generator, a non-negative int seed or None, got {rng!r}")
+    raise TypeError("rng must be a numpy.random.Generator (or BitGenerator), a non-negative int "
+                    f"seed (or SeedSequence) or None, got {rng!r}")
 
 
 def _dropout_plan(p, rng, training, num_layers, stacklevel=3):

@@ -16,15 +16,17 @@ Keras         LSTM i f c o; GRU z r h   kernel [I, G*H], recurrent_kernel [H, G*
 ============  ========================  ===================================================
 
 (ONNX operator ``LSTM``/``GRU``, opset 7-22; Keras ``layers.LSTM``/``layers.GRU``.) The cell
-equations are the same in all three (``../shared/MATH.md``) with these options: the GRU's
+equations are the same in all three (:mod:`gatecore.cells.lstm`, :mod:`gatecore.cells.gru`) with
+these options: the GRU's
 reset gate acts after the hidden product in PyTorch, in ONNX with ``linear_before_reset=1``
 and in Keras with ``reset_after=True`` (gatecore ``reset_after=True``, the default), and
 before it in ONNX with ``linear_before_reset=0`` (ONNX's default) and Keras
 ``reset_after=False`` (gatecore ``reset_after=False``). The GRU update is
 ``h_t = (1 - z) n + z h_{t-1}`` everywhere. Only the default activations are covered
 (sigmoid and tanh; not Keras 1's ``hard_sigmoid``, not ONNX's ``activations``, ``clip`` or
-``input_forget``); ONNX's LSTM peepholes ``P`` are the ``peephole_lstm`` plugin's
-(``gatecore_peephole.to_onnx``). The converters copy; they never modify their inputs.
+``input_forget``); ONNX's LSTM peepholes ``P``: the ``peephole_lstm`` plugin exports them
+(``gatecore_peephole.to_onnx``), importing them is not supported yet. The converters copy; they
+never modify their inputs.
 
 Examples
 --------
@@ -183,7 +185,8 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     if D not in (1, 2) or GH % G or GH == 0:
         raise ShapeError(f"W must have shape [1 or 2, {G}*hidden_size, input_size], got {list(W.shape)}")
     H = GH // G
-    _shape("R", R, (D, GH, H), "[num_directions, G*hidden_size, hidden_size]")
+    _shape("R", R, (D, GH, H), f"[num_directions, G*hidden_size, hidden_size], hidden_size {H} "
+           f"from W's {GH} rows / {G} {cell.upper()} gates (is op_type {op_type!r} right?)")
     if R.dtype != W.dtype:
         raise DTypeError(f"R has dtype {R.dtype} but W has {W.dtype}; give all arrays one dtype")
     if B is None:
