@@ -140,6 +140,12 @@ def _dropout_plan(p, rng, training, num_layers, stacklevel=3):
     return (p, np.random.default_rng(int(rng) if isinstance(rng, np.integer) else rng))
 
 
+def _state_layout(s: int, unbatched: bool, proj: int) -> str:
+    """What state variable s's shape means, for messages (h has proj_size with projection)."""
+    return (f"[num_layers*num_directions, {'' if unbatched else 'batch, '}"
+            f"{'proj_size' if (s == 0 and proj) else 'hidden_size'}]")
+
+
 def _layout(x_ndim: int, batch_first: bool) -> str:
     if x_ndim == 2:
         return "[T, input_size] (unbatched)"
@@ -194,9 +200,8 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
         want = (L * D, width) if unbatched else (L * D, B, width)
         if arr.shape != want:
             raise ShapeError(
-                f"{name} must have shape {_shape_str(want)} = [num_layers*num_directions, "
-                f"{'' if unbatched else 'batch, '}{'proj_size' if (s == 0 and dims.proj_size) else 'hidden_size'}], "
-                f"got {_shape_str(arr.shape)}"
+                f"{name} must have shape {_shape_str(want)} = "
+                f"{_state_layout(s, unbatched, dims.proj_size)}, got {_shape_str(arr.shape)}"
             )
         states.append(arr.reshape(L * D, B, width))
     ws = workspace if workspace is not None else Workspace()

@@ -29,7 +29,8 @@ from collections.abc import Mapping
 import numpy as np
 from numba import cuda
 
-from .api import _check_dtype, _check_lengths, _dropout_plan, _layout, _shape_str, _to_numpy
+from .api import (_check_dtype, _check_lengths, _dropout_plan, _layout, _shape_str,
+                  _state_layout, _to_numpy)
 from .cells.spec import CellSpec
 from .errors import DTypeError, GatecoreError, ParameterError, ShapeError, StaleTapeError
 from .kernels import cuda_util as cu
@@ -345,9 +346,7 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
             name = f"{spec.state_names[s]}0"
             width = Hr if s == 0 else H
             want = (L * D, width) if unbatched else (L * D, B, width)
-            what = (f"[num_layers*num_directions, {'' if unbatched else 'batch, '}"
-                    f"{'proj_size' if (s == 0 and P) else 'hidden_size'}]")
-            value = _checked(name, value, dtype, want, what)
+            value = _checked(name, value, dtype, want, _state_layout(s, unbatched, P))
         state_in.append(value)
     gen = ws._begin(T, B)
     mod = cuda_kernels(spec, dtype)
@@ -381,7 +380,7 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
     buffers = {}
     masks = []
     if keep and dropout is not None:  # host buffers for the masks (drawn there, then copied)
-        ws_host = ws.__dict__.setdefault("_dropout_host", Workspace())
+        ws_host = ws.host()
         ws_host._begin(T, B)
     layer_in = x0
     for k in range(L):
@@ -510,9 +509,7 @@ def cuda_backward(tape: CudaTape, dy=None, dstate_n=None):
             width = Hr if s == 0 else H
             name = f"dstate_n[{s}] (d{spec.state_names[s]}_n)"
             want = (L * D, width) if tape.unbatched else (L * D, B, width)
-            what = (f"[num_layers*num_directions, {'' if tape.unbatched else 'batch, '}"
-                    f"{'proj_size' if (s == 0 and P) else 'hidden_size'}]")
-            value = _checked(name, value, dtype, want, what)
+            value = _checked(name, value, dtype, want, _state_layout(s, tape.unbatched, P))
         ds_in.append(value)
     if dy is not None:
         dy_d = ws.get("b_dy", dtype, lambda T_, B_: (T_, B_, W))

@@ -105,7 +105,7 @@ def _forward_views(ws, dtype, spec, dims, T, B, keep):
 def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E, H2):
     GH, G1H = G * H, G1 * H
     v = {
-        "zero_bias": ws.get("zero_bias", dtype, lambda T_, B_: (GH,), zero=True),
+        "zero_bias": ws.get("zero_bias", dtype, lambda T_, B_: (GH,)),  # (zeroed per call)
         "no_whr": ws.get("no_whr", dtype, lambda T_, B_: (0, H)),
         "state_n": tuple(
             ws.get(f"state_n{s}", dtype, lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
@@ -518,9 +518,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     """
     T, B, _ = xa.shape
     L, D, H, Hr = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr
-    G, G1, S, K = spec.num_gates, spec.g1, spec.num_states, spec.tape_size
+    G, G1, S = spec.num_gates, spec.g1, spec.num_states
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
-    H2 = H if spec.two_stage else 0
     mod = cpu_kernels(spec, dtype)
     gen = ws._begin(T, B)
     keep = bool(training)
@@ -683,7 +682,6 @@ def run_backward(tape: Tape, dy, dstate_n):
     L, D, H, Hr, P = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr, dims.proj_size
     G, G1, S = spec.num_gates, spec.g1, spec.num_states
     GH, G1H, G2H = G * H, G1 * H, (G - G1) * H
-    H2 = H if spec.two_stage else 0
     mod = cpu_kernels(spec, dtype)
     lengths = tape.lengths
     own = own_products(spec, dims, B)
@@ -846,13 +844,13 @@ def _make_backward_views(tape: Tape):
         "dax": ws.get("b_dax", dtype, lambda T_, B_: (T_, B_, GH)),
         "dah1": ws.get("b_dah1", dtype, lambda T_, B_: (T_, B_, G1H)),
         "dah2": ws.get("b_dah2", dtype, lambda T_, B_: (T_, B_, G2H)),
-        "du": ws.get("b_du", dtype, lambda T_, B_: (B_, H2), zero=True),
+        "du": ws.get("b_du", dtype, lambda T_, B_: (B_, H2)),  # (du and dex: zeroed per call)
         "dhnew": ws.get("b_dhnew", dtype, lambda T_, B_: (B_, Hr)),
         "dhist": ws.get("b_dhist", dtype, lambda T_, B_: (T_ if P else 0, B_, Hr)),
         "dm": ws.get("b_dm", dtype, lambda T_, B_: (B_, H)),
         "ones": ws.get("b_ones", dtype, lambda T_, B_: (T_ * B_,)),
         "dummy_dy": ws.get("b_nody", dtype, lambda T_, B_: (1, 1, 1)),
-        "dex": ws.get("b_dex", dtype, lambda T_, B_: (spec.num_extra, H), zero=True),
+        "dex": ws.get("b_dex", dtype, lambda T_, B_: (spec.num_extra, H)),
         "dstate0": tuple(
             ws.get(f"b_dstate0_{s}", dtype,
                    lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))

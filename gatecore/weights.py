@@ -47,6 +47,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .api import _to_numpy
 from .errors import DTypeError, ParameterError, ShapeError
 
 __all__ = ["from_onnx", "to_onnx", "from_keras", "to_keras"]
@@ -67,9 +68,7 @@ def _cell(name) -> str:
 
 
 def _float(name: str, value) -> np.ndarray:
-    from .api import _to_numpy  # (torch tensors, masked and CUDA arrays as in the API)
-
-    arr = _to_numpy(name, value)
+    arr = _to_numpy(name, value)  # (torch tensors, masked and CUDA arrays as in the API)
     if not arr.dtype.isnative:  # big-endian data from a file: same values, native order
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in (np.float32, np.float64):
@@ -85,19 +84,17 @@ def _shape(name: str, arr: np.ndarray, want: tuple, meaning: str) -> None:
         raise ShapeError(f"{name} must have shape {list(want)} = {meaning}, got {list(arr.shape)}")
 
 
-def _reorder(a: np.ndarray, order, H: int, axis: int = 0) -> np.ndarray:
-    """Gate blocks of size H along ``axis``: block g of the result is block order[g] of a."""
-    blocks = [np.take(a, np.arange(order[g] * H, (order[g] + 1) * H), axis=axis)
-              for g in range(len(order))]
-    return np.ascontiguousarray(np.concatenate(blocks, axis=axis))
+def _reorder(a: np.ndarray, order, H: int) -> np.ndarray:
+    """Gate blocks of H rows: block g of the result is block order[g] of a (a copy)."""
+    return np.ascontiguousarray(np.concatenate([a[o * H:(o + 1) * H] for o in order]))
 
 
-def _unorder(a: np.ndarray, order, H: int, axis: int = 0) -> np.ndarray:
+def _unorder(a: np.ndarray, order, H: int) -> np.ndarray:
     """Inverse of ``_reorder``: block order[g] of the result is block g of a."""
     inverse = [0] * len(order)
     for g, o in enumerate(order):
         inverse[o] = g
-    return _reorder(a, inverse, H, axis)
+    return _reorder(a, inverse, H)
 
 
 def _flag(name: str, value) -> bool:

@@ -80,6 +80,7 @@ class Workspace:
         self._buffers: dict[str, np.ndarray] = {}
         self._views: dict[str, dict] = {}
         self._fixed: dict = {}
+        self._host: Workspace | None = None
         self._shape = (0, 0)
 
     # ----------------------------------------------------------------- internal
@@ -122,6 +123,13 @@ class Workspace:
             self._fill0(view)
         return view
 
+    def host(self) -> Workspace:
+        """A host (NumPy) workspace kept beside this one, made at first use: staging buffers
+        of a CUDA workspace's calls (dropout masks, drawn on the host). Cleared with it."""
+        if self._host is None:
+            self._host = Workspace()
+        return self._host
+
     def fixed(self, key, make: Callable[[], object]):
         """``make()``'s result (views made by ``get``: the kernels' per-item scratch rows, or a
         call's views for its T and B, which ``key`` must then hold), memoized by ``key`` until
@@ -144,7 +152,7 @@ class Workspace:
         self._buffers.clear()
         self._views.clear()
         self._fixed.clear()
-        self.__dict__.pop("_dropout_host", None)  # a CUDA workspace's host buffers for masks
+        self._host = None
         self.generation += 1
 
     def __repr__(self) -> str:
