@@ -22,8 +22,17 @@ import numpy as np
 __all__ = ["Workspace"]
 
 
+#: host buffers start on a cache line and fill whole lines (bytes): two threads writing
+#: different small buffers (a team's scratch rows) never write the same line
+LINE = 64
+
+
 def _host_empty(n: int, dtype) -> np.ndarray:
-    return np.empty(n, dtype=dtype)
+    dtype = np.dtype(dtype)
+    nbytes = -(-max(n * dtype.itemsize, 1) // LINE) * LINE
+    raw = np.empty(nbytes + LINE, dtype=np.uint8)
+    off = -raw.ctypes.data % LINE
+    return raw[off:off + nbytes].view(dtype)[:n]
 
 
 def _host_fill0(view: np.ndarray) -> None:

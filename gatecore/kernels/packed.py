@@ -424,12 +424,22 @@ def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=KCMAX, afloats=
                 j0 = p * NR
                 nj = min(NR, N - j0)
                 i = i0
-                # (the full blocks of a full panel without a call each; eight rows left
-                # run as two blocks of four: 6 + 2 would multiply 6 + 4)
+                # (a full panel's blocks without a call each: through _block, the blocks of
+                # four rows took 1.5x as long at 4 x 64 @ 64 x 256; eight rows left run as two
+                # blocks of four: 6 + 2 would multiply 6 + 4)
                 if nj == NR:
                     while i + MR <= i1 and i1 - i != 8:
                         _k6(a, ao + i * K + k0, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc)
                         i += MR
+                    while i < i1:
+                        r = min(4, i1 - i)
+                        if r == 1:
+                            _k1(a, ao + i * K + k0, bp, bo, c, co + i * ldc + j0, kk, acc)
+                        else:
+                            _k4(a, ao + i * K + k0, K, bp, bo, c, co + i * ldc + j0, ldc, kk,
+                                acc, r)
+                        i += r
+                    continue
                 while i + MR <= i1 and i1 - i != 8:
                     _block(a, ao + i * K + k0, K, bp, bo, c, co, ldc, i, MR, j0, nj, kk, acc,
                            tile)
