@@ -61,8 +61,10 @@ def _check_dtype(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     kind = arr.dtype.kind
     if arr.dtype in (np.float32, np.float64):
         if arr.dtype != dtype:
+            hint = (" (parameters given as Python lists or floats become float64 arrays)"
+                    if dtype == np.float64 else "")
             raise DTypeError(
-                f"{name} has dtype {arr.dtype} but the parameters are {dtype}; "
+                f"{name} has dtype {arr.dtype} but the parameters are {dtype}{hint}; "
                 f"convert one of them (for example {name}.astype(np.{dtype}))"
             )
         return arr
@@ -196,14 +198,14 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
             continue
         name = f"{spec.state_names[s]}0"
         width = dims.hr if s == 0 else dims.hidden_size
-        arr = _check_dtype(name, _to_numpy(name, value), dtype)
+        arr = _to_numpy(name, value)
         want = (L * D, width) if unbatched else (L * D, B, width)
-        if arr.shape != want:
+        if arr.shape != want:  # (before the dtype: a scalar h0=0.0 is a shape error)
             raise ShapeError(
                 f"{name} must have shape {_shape_str(want)} = "
                 f"{_state_layout(s, unbatched, dims.proj_size)}, got {_shape_str(arr.shape)}"
             )
-        states.append(arr.reshape(L * D, B, width))
+        states.append(_check_dtype(name, arr, dtype).reshape(L * D, B, width))
     ws = workspace if workspace is not None else Workspace()
     return spec, dims, dtype, layers, xa, tuple(states), lens, lengths is not None, ws, unbatched
 

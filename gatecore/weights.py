@@ -170,7 +170,11 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     -----
     ONNX operators LSTM and GRU (opset 7-22); the ONNX outputs ``Y`` [T, D, B, H] are
     gatecore's ``y`` [T, B, D*H] after ``Y.transpose(0, 2, 1, 3).reshape(T, B, D*H)``;
-    ``Y_h``/``Y_c`` are ``h_n``/``c_n``; ``sequence_lens`` is ``lengths``.
+    ``Y_h``/``Y_c`` are ``h_n``/``c_n``; ``sequence_lens`` is ``lengths``. The weights are
+    the same for the node's ``layout`` attribute 0 and 1; with ``layout=1`` (opset 14) X is
+    [B, T, I] (gatecore's ``batch_first=True``), ``Y`` [B, T, D, H] is ``y.reshape(B, T, D,
+    H)``, but ``initial_h``/``Y_h`` are [B, D, H] where gatecore's ``h0``/``h_n`` stay
+    [D, B, H] as PyTorch's (``.transpose(1, 0, 2)`` each way).
     """
     cell = _cell(op_type)
     G = _GATES[cell]

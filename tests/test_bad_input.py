@@ -60,6 +60,17 @@ def test_state_shapes_and_dtypes(p, x):
     raises(DTypeError, r"h0 has dtype float64", gatecore.lstm, x, p, np.zeros((4, 2, 4)))
     raises(ValueError, r"state0 must be a tuple of 2 arrays", gatecore.forward, "lstm", x, p,
            (np.zeros((4, 2, 4), np.float32),))
+    # a scalar (h0=0.0) is a shape error, not a dtype one
+    raises(ShapeError, r"h0 must have shape \[4, 2, 4\].*got \[\]", gatecore.lstm, x, p, 0.0)
+    raises(ShapeError, r"c0 must have shape", gatecore.lstm, x, p, None, [[0.0]])
+
+
+def test_params_as_lists_are_float64_and_the_error_says_so(p, x):
+    lists = {k: v.tolist() for k, v in p.items()}
+    raises(DTypeError, r"x has dtype float32 but the parameters are float64 \(parameters given "
+           r"as Python lists", gatecore.lstm, x, lists)
+    y, _ = gatecore.lstm(x.astype(np.float64), lists)  # float64 throughout: fine
+    np.testing.assert_allclose(y, gatecore.lstm(x, p)[0], atol=1e-6)
 
 
 @pytest.mark.parametrize("lengths,exc,match", [

@@ -46,6 +46,7 @@ _lock = threading.RLock()
 # new files
 _ENV_KEY = numba.__version__ + "".join(
     inspect.getsource(fn.py_func) for fn in FLOAT32_VERSIONS.values()) + (
+    resources.files("gatecore.cells").joinpath("_math.py").read_text()) + (
     resources.files("gatecore.kernels").joinpath("packed.py").read_text())
 _cache: dict[tuple[str, str], types.ModuleType] = {}
 # fast path for repeated calls: (id(spec), dtype) -> (weak ref to spec, module); weak, so that
