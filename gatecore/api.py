@@ -162,11 +162,12 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
     if workspace is not None and not isinstance(workspace, Workspace):
         raise TypeError(f"workspace must be a gatecore.Workspace or None, got {type(workspace).__name__}")
     dims, dtype, layers = parse_params(spec, params)
-    xa = _check_dtype("x", _to_numpy("x", x), dtype)
-    if xa.ndim not in (2, 3):
+    xa = _to_numpy("x", x)
+    if xa.ndim not in (2, 3):  # (before the dtype, as for the states below)
         raise ShapeError(
             f"x must be 3-D {_layout(3, batch_first)} or 2-D [T, input_size], got shape {_shape_str(xa.shape)}"
         )
+    xa = _check_dtype("x", xa, dtype)
     unbatched = xa.ndim == 2
     if unbatched:
         xa = xa[:, None, :]
@@ -387,7 +388,7 @@ def backward(tape: Tape, dy=None, dstate_n=None):
     W = D * Hr
     dy_t = None
     if dy is not None:
-        arr = _check_dtype("dy", _to_numpy("dy", dy), dtype)
+        arr = _to_numpy("dy", dy)
         if tape.unbatched:
             want = (T, W)
         elif tape.batch_first:
@@ -396,6 +397,7 @@ def backward(tape: Tape, dy=None, dstate_n=None):
             want = (T, B, W)
         if arr.shape != want:
             raise ShapeError(f"dy must have the shape of y {_shape_str(want)}, got {_shape_str(arr.shape)}")
+        arr = _check_dtype("dy", arr, dtype)
         if tape.unbatched:
             arr = arr[:, None, :]
         elif tape.batch_first:
@@ -416,11 +418,11 @@ def backward(tape: Tape, dy=None, dstate_n=None):
             continue
         name = f"dstate_n[{s}] (d{spec.state_names[s]}_n)"
         width = Hr if s == 0 else dims.hidden_size
-        arr = _check_dtype(name, _to_numpy(name, value), dtype)
+        arr = _to_numpy(name, value)
         want = (L * D, width) if tape.unbatched else (L * D, B, width)
         if arr.shape != want:
             raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
-        ds_list.append(arr.reshape(L * D, B, width))
+        ds_list.append(_check_dtype(name, arr, dtype).reshape(L * D, B, width))
     dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
     if tape.unbatched:
         dx = dx[:, 0, :]

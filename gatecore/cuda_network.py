@@ -238,20 +238,20 @@ def _checked(name, value, dtype, want, what=None):
     what = f" = {what}" if what else ""
     if is_cuda_array(value):
         arr = _as_device(name, value)
+        if tuple(arr.shape) != tuple(want):  # (shape first, as on the CPU)
+            raise ShapeError(
+                f"{name} must have shape {_shape_str(want)}{what}, got {_shape_str(arr.shape)}")
         if np.dtype(arr.dtype) != dtype:
             raise DTypeError(
                 f"{name} is a CUDA array of dtype {arr.dtype} but the parameters are {dtype}; "
                 "convert it on the device first (gatecore converts only host arrays)"
             )
-        if tuple(arr.shape) != tuple(want):
-            raise ShapeError(
-                f"{name} must have shape {_shape_str(want)}{what}, got {_shape_str(arr.shape)}")
         return arr
-    arr = _check_dtype(name, _to_numpy(name, value), dtype)
+    arr = _to_numpy(name, value)
     if arr.shape != tuple(want):
         raise ShapeError(
             f"{name} must have shape {_shape_str(want)}{what}, got {_shape_str(arr.shape)}")
-    return arr
+    return _check_dtype(name, arr, dtype)
 
 
 def _load(arr, buf, swap, lens_d, masked):

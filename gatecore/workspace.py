@@ -153,8 +153,10 @@ class Workspace:
 
     @property
     def nbytes(self) -> int:
-        """Total bytes held by the workspace's buffers."""
-        return sum(b.nbytes for b in self._buffers.values())
+        """Total bytes held by the workspace's buffers (host buffers: with their padding to
+        whole cache lines)."""
+        return sum(getattr(b, "base", None).nbytes if getattr(b, "base", None) is not None
+                   else b.nbytes for b in self._buffers.values())
 
     def clear(self) -> None:
         """Release every buffer (tapes made with this workspace become invalid)."""

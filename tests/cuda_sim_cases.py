@@ -165,6 +165,8 @@ def test_rejected_call_leaves_earlier_tape_usable():
         gatecore.forward("lstm", x, p, (np.zeros((1, 2, 4)), None), workspace=ws)
     with pytest.raises(gatecore.DTypeError):
         gatecore.forward("lstm", x.astype(np.float32), p, workspace=ws)
+    with pytest.raises(gatecore.ShapeError, match="h0 must have shape"):  # shape before dtype
+        gatecore.forward("lstm", x, p, (np.float32(0.0), None), workspace=ws)
     with pytest.raises(gatecore.ShapeError, match="dy"):
         gatecore.backward(tape, np.ones((3, 2, 4)))
     dx, _, _ = gatecore.backward(tape, np.ones((3, 2, 3)))

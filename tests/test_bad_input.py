@@ -63,6 +63,12 @@ def test_state_shapes_and_dtypes(p, x):
     # a scalar (h0=0.0) is a shape error, not a dtype one
     raises(ShapeError, r"h0 must have shape \[4, 2, 4\].*got \[\]", gatecore.lstm, x, p, 0.0)
     raises(ShapeError, r"c0 must have shape", gatecore.lstm, x, p, None, [[0.0]])
+    raises(ShapeError, r"x must be 3-D", gatecore.lstm, 0.0, p)
+    y, _, tape = gatecore.forward("lstm", x, p)
+    raises(ShapeError, r"dy must have the shape of y", gatecore.backward, tape, 1.0)
+    raises(ShapeError, r"dstate_n\[0\] \(dh_n\) must have shape", gatecore.backward, tape,
+           None, (0.0, None))
+    raises(DTypeError, r"dy has dtype float64", gatecore.backward, tape, np.ones(y.shape))
 
 
 def test_params_as_lists_are_float64_and_the_error_says_so(p, x):

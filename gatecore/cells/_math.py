@@ -74,8 +74,8 @@ def tanh_f32(x):
     q = (_Q0 + _Q1 * y) + y2 * (_Q2 + _Q3 * y)
     r = (p * xc) / q
     # saturated: exactly +-1 (the rational form tops out at 0.99999964), so that a saturated
-    # gate's derivative (1 - tanh^2, or s (1 - s) for sigmoid_f32) is exactly 0, as with
-    # float32 libm and PyTorch; 1 - tanh(7.905) = 2.7e-7, inside the error bound
+    # gate's derivative 1 - tanh^2 is exactly 0, as with float32 libm and PyTorch;
+    # 1 - tanh(7.905) = 2.7e-7, inside the error bound
     one = np.float32(1.0)
     r = one if x >= c else r
     r = -one if x <= -c else r
