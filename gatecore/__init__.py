@@ -11,14 +11,12 @@ Public API (NumPy in, NumPy out)::
     params = gatecore.prepare(params)   # checked, copied, transposed once for many calls
 """
 
-import gc as _gc
+from ._numba import gc_paused as _gc_paused
 
 # Importing gatecore imports Numba (several hundred thousand objects), over which Python's
 # cyclic collector ran full passes several times meanwhile: held off until the imports are
-# done (see gatecore._numba.gc_paused).
-_gc_was_enabled = _gc.isenabled()
-_gc.disable()
-try:
+# done (gatecore._numba itself does not import Numba).
+with _gc_paused():
     from .api import backward, forward, get_cell, gru, init_params, list_cells, lstm, register_cell
     from .cells.spec import CellSpec
     from .errors import (CellSpecError, DTypeError, GatecoreError, ParameterError, PluginError,
@@ -27,11 +25,7 @@ try:
     from .params import PreparedParams, prepare
     from .registry.hookspecs import hookimpl
     from .workspace import Workspace
-    from . import weights  # noqa: E402  (format converters: ONNX, Keras)
-finally:
-    if _gc_was_enabled:
-        _gc.enable()
-    del _gc_was_enabled
+    from . import weights  # (format converters: ONNX, Keras)
 
 __version__ = "0.1.0"
 

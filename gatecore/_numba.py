@@ -3,8 +3,6 @@
 import contextlib
 import gc
 
-from numba import njit
-
 from . import config
 
 
@@ -59,4 +57,7 @@ def pointwise(fn):
     The plain Python function stays reachable as ``.py_func`` for the CUDA backend and for
     fingerprinting.
     """
+    from numba import njit  # (here: importing this module must not import Numba, see
+    # gatecore/__init__.py, which holds the collector off with gc_paused while it does)
+
     return njit(cache=config.use_disk_cache(), fastmath=config.FASTMATH)(fn)

@@ -73,6 +73,17 @@ def _check_dtype(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     raise DTypeError(f"{name} must be a real float array ({dtype}), got dtype {arr.dtype}")
 
 
+def _check_array(name: str, value, dtype: np.dtype, want, what: str | None = None) -> np.ndarray:
+    """``value`` as a NumPy array of shape ``want`` and ``dtype`` (``_check_dtype``), or a
+    clear error naming ``name``; ``what``: the shape's meaning, for the message. The shape is
+    checked first, so that a scalar (``h0=0.0``) is a shape error, not a dtype one."""
+    arr = _to_numpy(name, value)
+    if arr.shape != tuple(want):
+        raise ShapeError(f"{name} must have shape {_shape_str(want)}"
+                         f"{f' = {what}' if what else ''}, got {_shape_str(arr.shape)}")
+    return _check_dtype(name, arr, dtype)
+
+
 def _shape_str(shape) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
@@ -199,14 +210,9 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
             continue
         name = f"{spec.state_names[s]}0"
         width = dims.hr if s == 0 else dims.hidden_size
-        arr = _to_numpy(name, value)
         want = (L * D, width) if unbatched else (L * D, B, width)
-        if arr.shape != want:  # (before the dtype: a scalar h0=0.0 is a shape error)
-            raise ShapeError(
-                f"{name} must have shape {_shape_str(want)} = "
-                f"{_state_layout(s, unbatched, dims.proj_size)}, got {_shape_str(arr.shape)}"
-            )
-        states.append(_check_dtype(name, arr, dtype).reshape(L * D, B, width))
+        arr = _check_array(name, value, dtype, want, _state_layout(s, unbatched, dims.proj_size))
+        states.append(arr.reshape(L * D, B, width))
     ws = workspace if workspace is not None else Workspace()
     return spec, dims, dtype, layers, xa, tuple(states), lens, lengths is not None, ws, unbatched
 
@@ -418,11 +424,10 @@ def backward(tape: Tape, dy=None, dstate_n=None):
             continue
         name = f"dstate_n[{s}] (d{spec.state_names[s]}_n)"
         width = Hr if s == 0 else dims.hidden_size
-        arr = _to_numpy(name, value)
         want = (L * D, width) if tape.unbatched else (L * D, B, width)
-        if arr.shape != want:
-            raise ShapeError(f"{name} must have shape {_shape_str(want)}, got {_shape_str(arr.shape)}")
-        ds_list.append(_check_dtype(name, arr, dtype).reshape(L * D, B, width))
+        arr = _check_array(name, value, dtype, want,
+                           _state_layout(s, tape.unbatched, dims.proj_size))
+        ds_list.append(arr.reshape(L * D, B, width))
     dx, dstate0, dparams = run_backward(tape, dy_t, tuple(ds_list))
     if tape.unbatched:
         dx = dx[:, 0, :]

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 from numba import cuda
 
-from .api import (_check_dtype, _check_lengths, _dropout_plan, _layout, _shape_str,
+from .api import (_check_array, _check_lengths, _dropout_plan, _layout, _shape_str,
                   _state_layout, _to_numpy)
 from .cells.spec import CellSpec
 from .errors import DTypeError, GatecoreError, ParameterError, ShapeError, StaleTapeError
@@ -235,23 +235,18 @@ def _checked(name, value, dtype, want, what=None):
     to copy (a device array, or a host NumPy array). ``what``: the shape's meaning for the
     message. Nothing is copied, so a call can check everything before it touches its
     workspace."""
-    what = f" = {what}" if what else ""
     if is_cuda_array(value):
         arr = _as_device(name, value)
         if tuple(arr.shape) != tuple(want):  # (shape first, as on the CPU)
-            raise ShapeError(
-                f"{name} must have shape {_shape_str(want)}{what}, got {_shape_str(arr.shape)}")
+            raise ShapeError(f"{name} must have shape {_shape_str(want)}"
+                             f"{f' = {what}' if what else ''}, got {_shape_str(arr.shape)}")
         if np.dtype(arr.dtype) != dtype:
             raise DTypeError(
                 f"{name} is a CUDA array of dtype {arr.dtype} but the parameters are {dtype}; "
                 "convert it on the device first (gatecore converts only host arrays)"
             )
         return arr
-    arr = _to_numpy(name, value)
-    if arr.shape != tuple(want):
-        raise ShapeError(
-            f"{name} must have shape {_shape_str(want)}{what}, got {_shape_str(arr.shape)}")
-    return _check_dtype(name, arr, dtype)
+    return _check_array(name, value, dtype, want, what)
 
 
 def _load(arr, buf, swap, lens_d, masked):

@@ -155,8 +155,10 @@ class Workspace:
     def nbytes(self) -> int:
         """Total bytes held by the workspace's buffers (host buffers: with their padding to
         whole cache lines)."""
-        return sum(getattr(b, "base", None).nbytes if getattr(b, "base", None) is not None
-                   else b.nbytes for b in self._buffers.values())
+        def held(b):  # a host buffer is an aligned view of a padded array (_host_empty)
+            base = getattr(b, "base", None)
+            return b.nbytes if base is None else base.nbytes
+        return sum(held(b) for b in self._buffers.values())
 
     def clear(self) -> None:
         """Release every buffer (tapes made with this workspace become invalid)."""

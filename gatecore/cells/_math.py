@@ -13,7 +13,7 @@ branch-free so that LLVM vectorizes the rules' loops (libm's would be scalar cal
   whole real line (measured against float64 tanh), under the float32 parity tolerance of 1e-5.
 * ``sigmoid_f32``: 1 / (1 + exp(-x)) with ``exp_f32`` (Cephes' expf: Cody-Waite reduction,
   degree-7 polynomial, the scale 2^n built from its bits), relative error at most 1.5e-7
-  everywhere (PyTorch's float32 sigmoid: the same bound), exactly 1 from x = 16.6356 on (as
+  for x >= -87 (PyTorch's float32 sigmoid: the same bound), exactly 1 from x = 16.6356 on (as
   PyTorch's) and exactly 0 below -87 (PyTorch's values there are below 1.7e-38).
 
 float64 kernels keep libm.

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dis
 import hashlib
-import inspect
 import os
 import sys
 import threading
@@ -44,8 +43,7 @@ _lock = threading.RLock()
 # part of every generated file's name: a new Numba, new float32 activations or new packed
 # products (called by the kernels; Numba's cache does not track callees in other files) mean
 # new files
-_ENV_KEY = numba.__version__ + "".join(
-    inspect.getsource(fn.py_func) for fn in FLOAT32_VERSIONS.values()) + (
+_ENV_KEY = numba.__version__ + (
     resources.files("gatecore.cells").joinpath("_math.py").read_text()) + (
     resources.files("gatecore.kernels").joinpath("packed.py").read_text())
 _cache: dict[tuple[str, str], types.ModuleType] = {}

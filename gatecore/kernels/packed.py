@@ -380,16 +380,8 @@ def _k1(a, ao, bp, bo, c, co, K, acc):
 @njit(cache=CACHE, nogil=True)
 def _block(a, ao, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc, tile):
     """Rows i .. i+r-1 (r = 6, 1 .. 4) of C (at c[co], rows ldc apart), columns j0 .. j0+nj-1
-    (one panel), over kk k's."""
-    if nj == NR:
-        if r == MR:
-            _k6(a, ao, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc)
-        elif r == 1:
-            _k1(a, ao, bp, bo, c, co + i * ldc + j0, kk, acc)
-        else:
-            _k4(a, ao, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc, r)
-        return
-    # last panel of a width that is not a multiple of 16: through the tile
+    of the last panel of a width that is not a multiple of 16 (nj < 16), over kk k's: through
+    the tile (pgemm_at runs full panels' blocks inline)."""
     if acc:
         for q in range(r):
             for j in range(nj):
