@@ -226,6 +226,16 @@ def _layer_arrays(params, cell: str, layer: int, reverse: bool, what: str):
     sfx = _suffix(layer, reverse)
     if "weight_hr" + sfx in params:
         raise ValueError(f"{what} has no projection (LSTM proj_size); params has weight_hr{sfx}")
+    # any other parameter of this layer and direction (a plugin cell's, e.g. peephole_lstm's
+    # weight_peephole) would be dropped silently: the exported cell would compute another
+    # function
+    extra = sorted(k for k in params if isinstance(k, str) and k.endswith(sfx)
+                   and k[:-len(sfx)] not in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+    if extra:
+        raise ParameterError(
+            f"{what} takes only weight_ih, weight_hh, bias_ih and bias_hh of a layer; params "
+            f"has {extra} too (a plugin cell's parameters: convert with that plugin's own "
+            f"exporter, e.g. gatecore_peephole.to_onnx)")
     try:
         w_ih = _float("weight_ih" + sfx, params["weight_ih" + sfx])
         w_hh = _float("weight_hh" + sfx, params["weight_hh" + sfx])
@@ -274,8 +284,10 @@ def to_onnx(cell, params, *, layer: int = 0, reset_after: bool | None = None) ->
     Raises
     ------
     ValueError, ParameterError, ShapeError, DTypeError
-        Unknown cell, a projection, missing keys, or arrays of the wrong shape or dtype
-        (all of one layer must share one dtype; both directions one shape).
+        Unknown cell, a projection, missing keys, other parameters of the layer (a plugin
+        cell's, such as peepholes: ONNX's node would compute another cell), or arrays of the
+        wrong shape or dtype (all of one layer must share one dtype; both directions one
+        shape).
     TypeError
         A GRU without ``reset_after``.
     """
@@ -287,7 +299,7 @@ def to_onnx(cell, params, *, layer: int = 0, reset_after: bool | None = None) ->
     W, R, B = [], [], []
     order = _ONNX_ORDER[cell]
     for d in range(D):
-        w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, d == 1, "ONNX's LSTM")
+        w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, d == 1, f"ONNX's {cell.upper()}")
         if d and (w_ih.shape != W[0].shape or w_ih.dtype != W[0].dtype):
             raise ShapeError(
                 f"weight_ih{_suffix(layer, True)} is {list(w_ih.shape)} {w_ih.dtype} but the "
@@ -413,13 +425,14 @@ def to_keras(cell, params, *, layer: int = 0, reverse: bool = False,
     Raises
     ------
     ValueError, ParameterError, ShapeError, DTypeError
-        Unknown cell, a projection, missing keys, or arrays of the wrong shape or dtype.
+        Unknown cell, a projection, missing keys, other parameters of the layer (a plugin
+        cell's, such as peepholes), or arrays of the wrong shape or dtype.
     TypeError
         A GRU without ``reset_after``.
     """
     cell = _cell(cell)
     reset_after = _gru_option(cell, reset_after)
-    w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, reverse, "Keras's LSTM")
+    w_ih, w_hh, b_ih, b_hh, H = _layer_arrays(params, cell, layer, reverse, f"Keras's {cell.upper()}")
     order = _KERAS_ORDER[cell]
     kernel = np.ascontiguousarray(_unorder(w_ih, order, H).T)
     recurrent = np.ascontiguousarray(_unorder(w_hh, order, H).T)

@@ -208,6 +208,15 @@ def test_converters_reject_bad_input():
         weights.to_onnx("lstm", p)
     with pytest.raises(ParameterError, match="weight_ih_l1"):
         weights.to_keras("lstm", gatecore.init_params("lstm", 3, 4, seed=0), layer=1)
+    # a plugin cell's extra parameters (peepholes) have no place in ONNX's/Keras's plain
+    # cell: refused, not dropped (the exported model would compute another function)
+    peep = dict(gatecore.init_params("lstm", 3, 4, bidirectional=True, seed=0),
+                weight_peephole_l0_reverse=np.ones(12, np.float32))
+    with pytest.raises(ParameterError, match="weight_peephole_l0_reverse"):
+        weights.to_onnx("lstm", peep)
+    with pytest.raises(ParameterError, match="weight_peephole_l0_reverse"):
+        weights.to_keras("lstm", peep, reverse=True)
+    assert weights.to_keras("lstm", peep)["kernel"].shape == (3, 16)  # (the other direction)
     with pytest.raises(ValueError, match="layer"):
         weights.to_keras("lstm", gatecore.init_params("lstm", 3, 4, seed=0), layer=-1)
     # the GRU's convention must be said when exporting (one layout, two cells)
