@@ -283,7 +283,8 @@ class TrainConfig:
         for name in ("hidden_size", "num_layers", "window", "season", "epochs", "batch_size"):
             v = getattr(self, name)
             if not isinstance(v, (int, np.integer)) or v < 1:
-                raise DataError(f"--{name.replace('_', '-')} must be a positive integer, got {v!r}")
+                flag = "layers" if name == "num_layers" else name.replace("_", "-")
+                raise DataError(f"--{flag} must be a positive integer, got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise DataError(f"--lr must be a positive number, got {self.lr!r}")
         if not (self.clip >= 0 and math.isfinite(self.clip)):

@@ -142,7 +142,8 @@ def _close(what: str, got, want, atol: float, rtol: float = 0.0) -> float:
     bound = atol + rtol * np.abs(want)
     bad = ~(err <= bound)  # NaN counts as bad
     if bad.any():
-        idx = np.unravel_index(int(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1))), err.shape)
+        idx = tuple(int(i) for i in np.unravel_index(
+            int(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1))), err.shape))
         raise _Fail(f"{what}{list(idx)}: got {got[idx]:.9g}, expected {want[idx]:.9g} "
                     f"(|diff| {err[idx]:.3g} > {bound[idx]:.3g}; {int(bad.sum())} of {bad.size} entries off)")
     return float(np.max(err))

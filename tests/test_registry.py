@@ -131,8 +131,35 @@ def test_autoload_can_be_disabled(tmp_path, monkeypatch):
     def gatecore_register_cells(register):
         register({"name": "not a spec"})
     """, "register() expects a gatecore.CellSpec, got dict"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cell(register):
+        register(dataclasses.replace(SPEC_LSTM, name="misspelt_hook"))
+    """, "defines a hook gatecore does not know"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        return dataclasses.replace(SPEC_LSTM, name="returned_not_registered")
+    """, "returned CellSpec (ignored): call register(spec)"),
+    ("""
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="unmarked_hook"))
+    """, "has no gatecore_register_cells(register) hook"),
+    ("""
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(SPEC_LSTM, name="huge_tape", tape_size=10**9))
+    """, "tape_size must be an int in [1, 1024]"),
+    ("""
+    from gatecore.cells.gru import GRU_RESET_AFTER
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        register(dataclasses.replace(GRU_RESET_AFTER, name="gru_proj", configure=None,
+                                     option_defaults={}, supports_projection=True))
+    """, "supports_projection=True but rule 'forward' reads sp[0]"),
 ], ids=["import-error", "hook-raises", "duplicate", "gate-count", "no-backward", "tape-size",
-        "not-a-spec"])
+        "not-a-spec", "misspelt-hook", "returns-spec", "no-hook", "huge-tape",
+        "projection-reads-h"])
 def test_broken_plugin_is_reported_and_others_work(tmp_path, monkeypatch, body, reason):
     module = fake_distribution(tmp_path, monkeypatch, body, dist="broken-cells")
     with pytest.warns(RuntimeWarning, match="gatecore plugin broken-cells"):
@@ -294,6 +321,7 @@ def test_check_cell_catches_a_wrong_derivative_and_cli_exits_1(capsys):
         assert cli.main(["check", "wrong_lstm"]) == 1
         out = capsys.readouterr().out
         assert "FAIL  gradients" in out and "finite differences" in out
+        assert "np.int64" not in out  # indices as [3, 1]
         assert "FAILED" in out.splitlines()[-1]
         report = check_cell(WRONG)  # a spec object works too (not yet registered elsewhere)
         assert not report.passed
@@ -367,3 +395,35 @@ def test_kernel_cache_key_includes_closure_constants():
 def test_cell_names_must_be_lower_case():
     with pytest.raises(gatecore.CellSpecError, match="lower-case"):
         dataclasses.replace(SPEC_LSTM, name="MyLSTM").validate()
+
+
+def test_sequences_given_as_lists_become_tuples():
+    """extra_params/gate_names as lists (a spec is hashed and used as a key: a list failed
+    only in backward, with TypeError: unhashable type)."""
+    spec = dataclasses.replace(SPEC_LSTM, name="listed", gate_names=list(SPEC_LSTM.gate_names),
+                               extra_params=[["shift", 1]])
+    assert spec.gate_names == SPEC_LSTM.gate_names
+    assert spec.extra_params == (("shift", 1),)
+    spec.validate()
+    hash((spec.gate_names, spec.extra_params))  # (backward's workspace key holds them)
+    with pytest.raises(CellSpecError, match="extra_params must be a tuple"):
+        dataclasses.replace(SPEC_LSTM, name="odd", extra_params={"shift": 1}).validate()
+
+
+def test_reads_first_argument_sees_paired_loads(monkeypatch):
+    """Python 3.13 loads two locals at once (LOAD_FAST_LOAD_FAST, argval ('ax', 'j')): a
+    backward rule reading ax must still be seen as one (else forward skips writing ax back
+    and backward's gradients are wrong)."""
+    import collections
+
+    from gatecore.kernels import factory
+    ins = collections.namedtuple("Ins", "opname argval")
+
+    def bwd(ax, tp, j):
+        return ax[j] + tp[j]
+    monkeypatch.setattr(factory.dis, "get_instructions",
+                        lambda code: [ins("LOAD_FAST_LOAD_FAST", ("ax", "j"))])
+    assert factory._reads_first_argument(bwd)
+    monkeypatch.setattr(factory.dis, "get_instructions",
+                        lambda code: [ins("LOAD_FAST_LOAD_FAST", ("tp", "j"))])
+    assert not factory._reads_first_argument(bwd)

@@ -187,3 +187,16 @@ def test_empty_line_inside_the_data_is_a_missing_value(tmp_path, capsys):
     assert main(["train", "--csv", str(path), "--column", "value", "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
+
+
+def test_demo_and_train_bad_options_are_one_line_errors(capsys):
+    """demo refused nothing (tracebacks for an unknown cell or a zero size, NaN means for
+    --seq-len 0); train named --num-layers for --layers."""
+    for argv, text in ((["demo", "--cell", "nosuch"], "unknown cell 'nosuch'"),
+                       (["demo", "--seq-len", "0"], "--seq-len must be a positive integer"),
+                       (["demo", "--batch", "-1"], "--batch must be a positive integer"),
+                       (["demo", "--hidden-size", "0"], "--hidden-size must be"),
+                       (["train", "--layers", "0"], "--layers must be a positive integer")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and text in err, (argv, err)

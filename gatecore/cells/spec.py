@@ -66,6 +66,8 @@ __all__ = ["CellSpec"]
 _VALIDATED: "weakref.WeakValueDictionary[int, CellSpec]" = weakref.WeakValueDictionary()
 
 _BASE_PARAM_ROWS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+#: largest tape_size accepted (values kept per hidden unit and step; the built-ins keep 3-4)
+MAX_TAPE_SIZE = 1024
 
 #: Positional parameters of each pointwise rule, as in the module docstring.
 _RULE_ARGS = {
@@ -148,7 +150,8 @@ class CellSpec:
     state_names : tuple of str
         State variables, ``("h",)`` or ``("h", "c")``; ``h`` always first.
     tape_size : int
-        Values per hidden unit that ``forward`` stores in ``tp`` for ``backward``.
+        Values per hidden unit that ``forward`` stores in ``tp`` for ``backward`` (at most
+        ``MAX_TAPE_SIZE``, 1024).
     forward, backward : callable
         Pointwise rules, see the module docstring.
     stage1_gates : int, optional
@@ -157,10 +160,13 @@ class CellSpec:
     forward_stage1, backward_stage2 : callable, optional
         Required exactly when ``stage1_gates < len(gate_names)``.
     extra_params : tuple of (str, int)
+        (Lists are taken as tuples; so are ``gate_names`` and ``state_names``.)
         Extra per-layer parameter vectors: ``(prefix, n)`` declares the key
         ``{prefix}_l{k}[_reverse]`` of shape ``[n * H]`` (seen by the rules as ``ex``).
     supports_projection : bool
-        Whether networks of this cell may use ``proj_size`` (LSTMP, Sak et al. 2014).
+        Whether networks of this cell may use ``proj_size`` (LSTMP, Sak et al. 2014); the
+        rules must then never read ``sp[0]`` and backward must leave ``dsp[0]`` zero
+        (``check_rules`` checks both).
     variant : str
         Distinguishes concrete specs that share a name (GRU ``reset_after`` / ``reset_before``).
     configure : callable, optional
@@ -188,6 +194,17 @@ class CellSpec:
     option_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
     reference: str = ""
+
+    def __post_init__(self):
+        # lists are accepted where tuples are declared (the spec is hashed and used as a key:
+        # a list would fail only later, in backward's workspace)
+        for attr in ("gate_names", "state_names"):
+            value = getattr(self, attr)
+            if isinstance(value, list):
+                object.__setattr__(self, attr, tuple(value))
+        if isinstance(self.extra_params, (list, tuple)):
+            object.__setattr__(self, "extra_params", tuple(
+                tuple(item) if isinstance(item, list) else item for item in self.extra_params))
 
     # ------------------------------------------------------------------ derived
     @property
@@ -297,8 +314,10 @@ class CellSpec:
             raise CellSpecError(f"{who}: gate_names must be non-empty and unique, got {self.gate_names}")
         if not self.state_names or self.state_names[0] != "h":
             raise CellSpecError(f"{who}: state_names must start with 'h', got {self.state_names}")
-        if not isinstance(self.tape_size, int) or self.tape_size < 1:
-            raise CellSpecError(f"{who}: tape_size must be a positive int, got {self.tape_size!r}")
+        if (not isinstance(self.tape_size, int) or isinstance(self.tape_size, bool)
+                or not 1 <= self.tape_size <= MAX_TAPE_SIZE):
+            raise CellSpecError(f"{who}: tape_size must be an int in [1, {MAX_TAPE_SIZE}] (values "
+                                f"per hidden unit), got {self.tape_size!r}")
         for attr in ("forward", "backward"):
             if not callable(getattr(self, attr)):
                 raise CellSpecError(f"{who}: missing pointwise rule {attr!r}")
@@ -335,6 +354,9 @@ class CellSpec:
             raise CellSpecError(
                 f"{who}: forward_stage1/backward_stage2 given but stage1_gates is all gates"
             )
+        if not isinstance(self.extra_params, tuple):
+            raise CellSpecError(f"{who}: extra_params must be a tuple of (prefix, n) pairs, got "
+                                f"{type(self.extra_params).__name__}")
         seen = set(_BASE_PARAM_ROWS) | {"weight_hr"}
         for item in self.extra_params:
             if (not isinstance(item, tuple) or len(item) != 2 or not isinstance(item[0], str)
@@ -421,7 +443,37 @@ class CellSpec:
         unwritten("backward", "dex (extra-parameter gradients)", dex, None, hint)
         if self.two_stage:
             unwritten("backward_stage2", "a stage-2 gradient", dax, slice(G1 * H, None), hint)
+        if self.supports_projection:
+            self._check_projection(who, shapes, call, ax, ah, sp, ex, sn, tp, ds, du)
         self._check_unit_locality(who, shapes, H)
+
+    def _check_projection(self, who, shapes, call, ax, ah, sp, ex, sn, tp, ds, du):
+        """With ``supports_projection`` the rules may not read the previous h (``sp[0]``):
+        with a projection the kernels hand them the unprojected h, which is not the
+        recurrent state; and backward must leave ``dsp[0]`` zero (it is not carried through
+        the projection). Run again with sp[0] NaN: no output may turn NaN."""
+        G, S, K, E, H = self.num_gates, self.num_states, self.tape_size, self.num_extra, sp.shape[1]
+        sp0 = sp.copy()
+        sp0[0] = np.nan
+        fix = ("; a cell whose rules use the previous h must set supports_projection=False "
+               f"(LSTM reads only c); {shapes}")
+        sn2, tp2 = np.full((S, H), np.nan), np.full(K * H, np.nan)
+        call("forward", ax, ah, sp0, ex, sn2, tp2)
+        if np.isnan(sn2[1:]).any() or np.isnan(tp2).any() or np.isnan(sn2[0]).any():
+            raise CellSpecError(f"{who}: supports_projection=True but rule 'forward' reads "
+                                f"sp[0] (the previous h){fix}")
+        dax, dah, dsp = (np.full(G * H, np.nan), np.full(G * H, np.nan),
+                         np.full((S, H), np.nan))
+        dex = np.zeros((E, H))
+        call("backward", ax, tp, sp0, sn, ex, ds, du, dax, dah, dsp, dex)
+        if (np.isnan(dax[:self.g1 * H]).any() or np.isnan(dah[:self.g1 * H]).any()
+                or np.isnan(dsp[1:]).any() or np.isnan(dex).any()):
+            raise CellSpecError(f"{who}: supports_projection=True but rule 'backward' reads "
+                                f"sp[0] (the previous h){fix}")
+        if np.any(dsp[0] != 0):
+            raise CellSpecError(f"{who}: supports_projection=True but rule 'backward' writes "
+                                f"a nonzero dsp[0] (a gradient for the previous h, which the "
+                                f"projection does not carry){fix}")
 
     def _check_unit_locality(self, who, shapes, H):
         """Each rule, run for one unit j alone, writes only unit j's entries (``g*H + j``,

@@ -17,6 +17,21 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from ..errors import GatecoreError
+    from ..forecast import report_error
+
+    for flag in ("seq_len", "batch", "input_size", "hidden_size"):
+        value = getattr(args, flag)
+        if value < 1:
+            return report_error("demo", f"--{flag.replace('_', '-')} must be a positive "
+                                        f"integer, got {value}")
+    try:
+        return _run(args)
+    except GatecoreError as exc:  # unknown cell, a plugin cell's options
+        return report_error("demo", exc)
+
+
+def _run(args) -> int:
     import numpy as np
 
     import gatecore

@@ -131,7 +131,10 @@ def _reads_first_argument(fn) -> bool:
     name = code.co_varnames[0]
     if name in code.co_cellvars:  # captured by an inner function
         return True
-    return any(ins.opname.startswith("LOAD_FAST") and ins.argval == name
+    # (Python 3.13 loads two locals at once: LOAD_FAST_LOAD_FAST's argval is a pair, as
+    # ('ax', 'j') for ax[j]; 3.14 adds LOAD_FAST_BORROW and its pair form)
+    return any(ins.opname.startswith("LOAD_FAST")
+               and name in (ins.argval if isinstance(ins.argval, tuple) else (ins.argval,))
                for ins in dis.get_instructions(code))
 
 
