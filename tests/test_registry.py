@@ -135,12 +135,12 @@ def test_autoload_can_be_disabled(tmp_path, monkeypatch):
     @gatecore.hookimpl
     def gatecore_register_cell(register):
         register(dataclasses.replace(SPEC_LSTM, name="misspelt_hook"))
-    """, "defines a hook gatecore does not know"),
+    """, "it defines ['gatecore_register_cell'], which gatecore does not know"),
     ("""
     @gatecore.hookimpl
     def gatecore_register_cells(register):
         return dataclasses.replace(SPEC_LSTM, name="returned_not_registered")
-    """, "returned CellSpec (ignored): call register(spec)"),
+    """, "returned cell specs (ignored): call register(spec)"),
     ("""
     def gatecore_register_cells(register):
         register(dataclasses.replace(SPEC_LSTM, name="unmarked_hook"))
@@ -427,3 +427,20 @@ def test_reads_first_argument_sees_paired_loads(monkeypatch):
     monkeypatch.setattr(factory.dis, "get_instructions",
                         lambda code: [ins("LOAD_FAST_LOAD_FAST", ("tp", "j"))])
     assert not factory._reads_first_argument(bwd)
+
+
+def test_unknown_extra_hook_and_returned_values_do_not_drop_cells(tmp_path, monkeypatch):
+    """A plugin written for a later gatecore (one more hook) keeps its cells; a hook that
+    returns register()'s Nones is no error; a projection check ignores a spare tape slot."""
+    fake_distribution(tmp_path, monkeypatch, """
+    @gatecore.hookimpl
+    def gatecore_register_cells(register):
+        return [register(dataclasses.replace(SPEC_LSTM, name="later_lstm", tape_size=5,
+                                             supports_projection=True))]
+
+    @gatecore.hookimpl
+    def gatecore_register_exporters(register):
+        pass
+    """)
+    with fresh_registry() as reg:
+        assert "later_lstm" in reg.cells() and not reg.errors(), reg.errors()

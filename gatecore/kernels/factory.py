@@ -131,9 +131,11 @@ def _reads_first_argument(fn) -> bool:
     name = code.co_varnames[0]
     if name in code.co_cellvars:  # captured by an inner function
         return True
-    # (Python 3.13 loads two locals at once: LOAD_FAST_LOAD_FAST's argval is a pair, as
-    # ('ax', 'j') for ax[j]; 3.14 adds LOAD_FAST_BORROW and its pair form)
-    return any(ins.opname.startswith("LOAD_FAST")
+    # (Python 3.13 fuses instructions: LOAD_FAST_LOAD_FAST ('ax', 'j') for ax[j],
+    # STORE_FAST_LOAD_FAST ('g', 'ax') for "g = ...; ... ax[...]"; 3.14 adds LOAD_FAST_BORROW
+    # and its pair: any instruction with LOAD_FAST in its name and the name among its
+    # operands counts, a stored name too, which only errs on the safe side)
+    return any("LOAD_FAST" in ins.opname
                and name in (ins.argval if isinstance(ins.argval, tuple) else (ins.argval,))
                for ins in dis.get_instructions(code))
 

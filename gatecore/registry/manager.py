@@ -82,13 +82,6 @@ class CellRegistry:
         except Exception as exc:  # noqa: BLE001
             self._error(name, f"could not be registered: {exc}")
             return
-        try:  # a hook gatecore does not define (a misspelt gatecore_register_cells)
-            self.pm.check_pending()
-        except pluggy.PluginValidationError as exc:
-            self.pm.unregister(name=name)
-            self._error(name, f"defines a hook gatecore does not know ({exc}); the hook is "
-                              f"gatecore_register_cells(register)")
-            return
         impl = [i for i in self.pm.hook.gatecore_register_cells.get_hookimpls()
                 if i.plugin_name == name]
         before = len(self._cells)
@@ -99,14 +92,24 @@ class CellRegistry:
             except Exception as exc:  # noqa: BLE001
                 self._error(name, f"raised in gatecore_register_cells: {type(exc).__name__}: {exc}")
                 continue
-            if out is not None:
-                self._error(name, f"gatecore_register_cells returned {type(out).__name__} "
-                                  f"(ignored): call register(spec) for each cell instead")
-        if not impl:
-            self._error(name, "has no gatecore_register_cells(register) hook: no cells")
-        elif len(self._cells) == before and not any(p == name for p, _ in self._errors):
-            self._error(name, "registered no cells (its gatecore_register_cells never called "
-                              "register(spec))")
+            returned = out if isinstance(out, (list, tuple)) else [out]
+            if any(isinstance(r, CellSpec) for r in returned):
+                self._error(name, "gatecore_register_cells returned cell specs (ignored): call "
+                                  "register(spec) for each cell instead")
+        if len(self._cells) == before and not any(p == name for p, _ in self._errors):
+            # no cells and no error said why: a misspelt hook, or a hook that never registers
+            # (hooks gatecore does not know are otherwise ignored: a plugin written for a
+            # later gatecore may define more)
+            plugin_obj = self.pm.get_plugin(name)
+            unknown = sorted(hc.name for hc in (self.pm.get_hookcallers(plugin_obj) or [])
+                             if hc.spec is None)
+            if not impl:
+                self._error(name, "has no gatecore_register_cells(register) hook: no cells"
+                                  + (f" (it defines {unknown}, which gatecore does not know)"
+                                     if unknown else ""))
+            else:
+                self._error(name, "registered no cells (its gatecore_register_cells never "
+                                  "called register(spec))")
 
     def _add(self, spec: CellSpec, plugin: str, strict: bool) -> None:
         with self._lock:
