@@ -78,10 +78,15 @@ def _check_array(name: str, value, dtype: np.dtype, want, what: str | None = Non
     clear error naming ``name``; ``what``: the shape's meaning, for the message. The shape is
     checked first, so that a scalar (``h0=0.0``) is a shape error, not a dtype one."""
     arr = _to_numpy(name, value)
-    if arr.shape != tuple(want):
-        raise ShapeError(f"{name} must have shape {_shape_str(want)}"
-                         f"{f' = {what}' if what else ''}, got {_shape_str(arr.shape)}")
+    _check_shape(name, arr.shape, want, what)
     return _check_dtype(name, arr, dtype)
+
+
+def _check_shape(name: str, shape, want, what: str | None = None) -> None:
+    """ShapeError naming ``name`` unless ``shape`` is ``want`` (``what``: its meaning)."""
+    if tuple(shape) != tuple(want):
+        raise ShapeError(f"{name} must have shape {_shape_str(want)}"
+                         f"{f' = {what}' if what else ''}, got {_shape_str(shape)}")
 
 
 def _shape_str(shape) -> str:

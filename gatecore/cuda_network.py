@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 from numba import cuda
 
-from .api import (_check_array, _check_lengths, _dropout_plan, _layout, _shape_str,
+from .api import (_check_array, _check_lengths, _check_shape, _dropout_plan, _layout, _shape_str,
                   _state_layout, _to_numpy)
 from .cells.spec import CellSpec
 from .errors import DTypeError, GatecoreError, ParameterError, ShapeError, StaleTapeError
@@ -237,9 +237,7 @@ def _checked(name, value, dtype, want, what=None):
     workspace."""
     if is_cuda_array(value):
         arr = _as_device(name, value)
-        if tuple(arr.shape) != tuple(want):  # (shape first, as on the CPU)
-            raise ShapeError(f"{name} must have shape {_shape_str(want)}"
-                             f"{f' = {what}' if what else ''}, got {_shape_str(arr.shape)}")
+        _check_shape(name, arr.shape, want, what)  # (shape first, as on the CPU)
         if np.dtype(arr.dtype) != dtype:
             raise DTypeError(
                 f"{name} is a CUDA array of dtype {arr.dtype} but the parameters are {dtype}; "

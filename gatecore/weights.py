@@ -48,6 +48,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from .api import _to_numpy
+from .cells.spec import _BASE_PARAM_ROWS
 from .errors import DTypeError, ParameterError, ShapeError
 
 __all__ = ["from_onnx", "to_onnx", "from_keras", "to_keras"]
@@ -230,7 +231,7 @@ def _layer_arrays(params, cell: str, layer: int, reverse: bool, what: str):
     # weight_peephole) would be dropped silently: the exported cell would compute another
     # function
     extra = sorted(k for k in params if isinstance(k, str) and k.endswith(sfx)
-                   and k[:-len(sfx)] not in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+                   and k[:-len(sfx)] not in _BASE_PARAM_ROWS)
     if extra:
         raise ParameterError(
             f"{what} takes only weight_ih, weight_hh, bias_ih and bias_hh of a layer; params "

@@ -443,47 +443,40 @@ class CellSpec:
         unwritten("backward", "dex (extra-parameter gradients)", dex, None, hint)
         if self.two_stage:
             unwritten("backward_stage2", "a stage-2 gradient", dax, slice(G1 * H, None), hint)
-        if self.supports_projection:
-            self._check_projection(who, shapes, call, ax, ah, sp, ex, sn, tp, ds, du)
+        if self.supports_projection and not self.two_stage:  # (validate refuses the pair)
+            self._check_projection(who, shapes, call, ax, ah, sp, ex, ds, du, (sn, tp),
+                                   (dax, dah, dsp, dex))
         self._check_unit_locality(who, shapes, H)
 
-    def _check_projection(self, who, shapes, call, ax, ah, sp, ex, sn, tp, ds, du):
+    def _check_projection(self, who, shapes, call, ax, ah, sp, ex, ds, du, fwd, bwd):
         """With ``supports_projection`` the rules may not read the previous h (``sp[0]``):
         with a projection the kernels hand them the unprojected h, which is not the
         recurrent state; and backward must leave ``dsp[0]`` zero (it is not carried through
-        the projection). A probe: run again with sp[0] NaN, and no output may turn NaN that
-        was not NaN before (a read that hides NaN, such as min(), escapes it). One-stage
-        cells only (``validate`` refuses projection for two-stage cells)."""
-        if self.two_stage:
-            return
-        G, S, K, E, H = self.num_gates, self.num_states, self.tape_size, self.num_extra, sp.shape[1]
+        the projection). A probe: run the one-stage rules again with sp[0] NaN; no output may
+        turn NaN that was not NaN in ``check_rules``' own run (``fwd``: sn, tp; ``bwd``: dax,
+        dah, dsp, dex), a read that hides NaN, such as min(), escapes it."""
         sp0 = sp.copy()
         sp0[0] = np.nan
         fix = ("; a cell whose rules use the previous h must set supports_projection=False "
                f"(LSTM reads only c); {shapes}")
 
-        def run_forward(s_in):
-            sn2, tp2 = np.full((S, H), np.nan), np.full(K * H, np.nan)
-            call("forward", ax, ah, s_in, ex, sn2, tp2)
-            return sn2, tp2
-
-        def run_backward(s_in):
-            out = (np.full(G * H, np.nan), np.full(G * H, np.nan), np.full((S, H), np.nan),
-                   np.zeros((E, H)))
-            call("backward", ax, tp, s_in, sn, ex, ds, du, *out)
-            return out
-
         def turned_nan(before, after):
             return any((np.isnan(a) & ~np.isnan(b)).any() for b, a in zip(before, after))
 
-        if turned_nan(run_forward(sp), run_forward(sp0)):
+        sn, tp = fwd
+        probe = np.full_like(sn, np.nan), np.full_like(tp, np.nan)
+        call("forward", ax, ah, sp0, ex, *probe)
+        if turned_nan(fwd, probe):
             raise CellSpecError(f"{who}: supports_projection=True but rule 'forward' reads "
                                 f"sp[0] (the previous h){fix}")
-        base, probe = run_backward(sp), run_backward(sp0)
-        if turned_nan(base[:2] + (base[2][1:], base[3]), probe[:2] + (probe[2][1:], probe[3])):
+        dax, dah, dsp, dex = bwd
+        probe = (np.full_like(dax, np.nan), np.full_like(dah, np.nan), np.full_like(dsp, np.nan),
+                 np.zeros_like(dex))
+        call("backward", ax, tp, sp0, sn, ex, ds, du, *probe)
+        if turned_nan((dax, dah, dsp[1:], dex), probe[:2] + (probe[2][1:], probe[3])):
             raise CellSpecError(f"{who}: supports_projection=True but rule 'backward' reads "
                                 f"sp[0] (the previous h){fix}")
-        if np.any(base[2][0] != 0):
+        if np.any(dsp[0] != 0):
             raise CellSpecError(f"{who}: supports_projection=True but rule 'backward' writes "
                                 f"a nonzero dsp[0] (a gradient for the previous h, which the "
                                 f"projection does not carry){fix}")
