@@ -349,14 +349,21 @@ def _team_loop(run, T, step_macs, reverse_order):
     return body
 
 
-def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tile):
+def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tiles):
     """forward_dir over all steps, the input product of later chunks on the worker (over
-    ``wihp``, W_ih packed, when not None; else ``wihc``, W_ih^T, by ``_mm``)."""
+    ``wihp``, W_ih packed, when not None; else ``wihc``, W_ih^T, by ``_mm``).
+
+    A packed product's scratch tile is per thread: the worker's is ``tiles[1]``; a chunk
+    this thread computes (the worker had not reached it) uses ``tiles[0]``, which this
+    thread's own time loop also uses, never at the same time. (One shared tile let the two
+    threads' products of different chunks write each other's last panel: a GRU's output
+    was 0.16 off in a CI run on an overloaded machine.)"""
     I, GH = in2d.shape[1], gx2d.shape[1]
 
-    def produce(k0, k1):
+    def produce(k0, k1, on_worker):
         t0, t1 = (T - k1, T - k0) if reverse else (k0, k1)
         if wihp is not None:
+            tile = tiles[1] if on_worker else tiles[0]
             kpacked.pgemm(in2d, t0 * B * I, wihp, gx2d[t0 * B:t1 * B], (t1 - t0) * B, I, GH, 0,
                           -(-GH // kpacked.NR), tile, kpacked.KCMAX, kpacked.AFLOATS)
         else:
@@ -644,7 +651,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                                                                *targs(rows, tiles[0])),
                                T, _step_macs(spec, dims, B), False))
             elif pipe:
-                _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d, wihp, tiles[1])
+                _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d, wihp, tiles)
             else:
                 mod.forward_dir(*args, 0, T, False)
             last = T if keep else T % 2

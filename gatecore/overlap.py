@@ -186,9 +186,9 @@ class _Chunks:
             self.owner[c] = who
             return True
 
-    def _run(self, c: int) -> None:
+    def _run(self, c: int, who: int) -> None:
         try:
-            self.produce(c)
+            self.produce(c, who == 2)
         except BaseException as exc:  # handed to the caller by get()
             self.error = exc
             self.stop = True
@@ -201,12 +201,12 @@ class _Chunks:
         """The worker's task: claim and compute chunks 1, 2, ... until none is left."""
         for c in range(1, len(self.owner)):
             if self._claim(c, 2):
-                self._run(c)
+                self._run(c, 2)
 
     def get(self, c: int) -> None:
         """Make sure chunk c is computed (computing it here if nobody has started it)."""
         if self._claim(c, 1):
-            self._run(c)
+            self._run(c, 1)
         else:
             with self.cond:
                 while not self.done[c]:
@@ -279,9 +279,12 @@ class _DeferSigint:
 
 
 def run_chunked(bounds: list[int], produce, consume) -> None:
-    """For each chunk c of ``bounds``: ``produce(k0, k1)`` (on either thread), then
+    """For each chunk c of ``bounds``: ``produce(k0, k1, on_worker)`` (on either thread), then
     ``consume(k0, k1)`` on this thread, chunks in order; ``produce`` of later chunks runs on
-    the worker meanwhile. Exceptions of either are raised here, after the worker has stopped;
+    the worker meanwhile. Two ``produce`` calls (different chunks) can run at once, one on
+    each thread (this thread claims a chunk that the worker has not reached while the worker
+    still computes an earlier one): ``on_worker`` (true on the worker thread) lets ``produce``
+    pick per-thread scratch. Exceptions of either are raised here, after the worker has stopped;
     Ctrl-C in the main thread stops the call at the next chunk and is raised after the
     cleanup (``_DeferSigint``).
 
@@ -348,7 +351,7 @@ def _worker_for(task, stop, wanted: bool = True, exited=None):
 
 def _run_chunked(bounds: list[int], produce, consume, interrupted) -> None:
     n = len(bounds) - 1
-    table = _Chunks(n, lambda c: produce(bounds[c], bounds[c + 1]))
+    table = _Chunks(n, lambda c, w: produce(bounds[c], bounds[c + 1], w))
 
     def stop():
         table.stop = True

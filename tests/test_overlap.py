@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -25,10 +26,12 @@ def test_every_chunk_is_produced_once_before_it_is_consumed():
     bounds = overlap.chunk_bounds(64)
     produced, consumed = [], []
     lock = threading.Lock()
+    me = threading.get_ident()
 
-    def produce(k0, k1):
+    def produce(k0, k1, on_worker):
         with lock:
             produced.append((k0, k1, threading.get_ident()))
+        assert on_worker == (threading.get_ident() != me)
 
     def consume(k0, k1):
         assert (k0, k1) in [(a, b) for a, b, _ in produced]
@@ -45,7 +48,7 @@ def test_an_error_in_produce_reaches_the_caller_and_nothing_hangs(where):
     bad = {"first": 0, "worker": 1, "last": len(bounds) - 2}[where]
     running = []
 
-    def produce(k0, k1):
+    def produce(k0, k1, on_worker):
         running.append(k0)
         if k0 == bounds[bad]:
             raise FloatingPointError("boom")
@@ -53,7 +56,7 @@ def test_an_error_in_produce_reaches_the_caller_and_nothing_hangs(where):
     with pytest.raises(FloatingPointError, match="boom"):
         overlap.run_chunked(bounds, produce, lambda k0, k1: None)
     n = len(running)
-    overlap.run_chunked([0, 1, 2], lambda a, b: None, lambda a, b: None)  # worker still serves
+    overlap.run_chunked([0, 1, 2], lambda a, b, w: None, lambda a, b: None)  # worker still serves
     assert len(running) == n  # and the failed call's worker task has ended
 
 
@@ -61,7 +64,7 @@ def test_an_error_in_consume_stops_the_worker_before_returning():
     bounds = overlap.chunk_bounds(40)
     active = threading.Event()
 
-    def produce(k0, k1):
+    def produce(k0, k1, on_worker):
         active.set()
 
     def consume(k0, k1):
@@ -82,7 +85,7 @@ def test_a_busy_worker_leaves_every_chunk_to_the_caller():
         bounds = overlap.chunk_bounds(30)
         timer = threading.Timer(5.0, release.set)  # fails the test by time, not by a hang
         timer.start()
-        overlap.run_chunked(bounds, lambda a, b: seen.append(threading.get_ident()),
+        overlap.run_chunked(bounds, lambda a, b, w: seen.append(threading.get_ident()),
                             lambda a, b: None)
         assert not release.is_set(), "the caller waited for the busy worker"
         assert set(seen) == {threading.get_ident()}
@@ -98,7 +101,7 @@ def test_the_callers_cpu_affinity_is_restored():
     if not hasattr(os, "sched_getaffinity"):
         pytest.skip("no CPU affinity on this platform")
     before = os.sched_getaffinity(0)
-    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b: None, lambda a, b: None)
+    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b, w: None, lambda a, b: None)
     assert os.sched_getaffinity(0) == before
 
 
@@ -142,7 +145,7 @@ def test_a_forked_child_gets_its_own_worker():
 
     if "fork" not in mp.get_all_start_methods():
         pytest.skip("no fork on this platform")
-    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b: None, lambda a, b: None)
+    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b, w: None, lambda a, b: None)
     ctx = mp.get_context("fork")
     q = ctx.Queue()
     proc = ctx.Process(target=_child_forward, args=(q,))
@@ -171,6 +174,45 @@ def test_results_do_not_depend_on_which_thread_ran_a_chunk(rng):
     for other in runs[1:]:
         for a, b in zip(runs[0], other):
             np.testing.assert_array_equal(a, b)
+
+
+def test_the_two_threads_chunks_never_share_scratch(monkeypatch, rng):
+    """A chunk that the caller claims (the worker was slow to reach it) runs while the worker
+    computes a later one: the packed input product's scratch tile must be per thread (one
+    shared tile gave a GRU output 0.16 off in a CI run on an overloaded machine). The worker
+    is held back before each claim after its first, so the caller computes later chunks."""
+    from gatecore import network
+    from gatecore.kernels import packed as kpacked
+
+    first = threading.Event()
+    real_claim, real_pgemm = overlap._Chunks._claim, kpacked.pgemm
+    tiles = {}  # thread -> data pointers of the tiles its packed products used
+
+    def claim(self, c, who):
+        if who == 2 and c == 1:
+            first.set()
+        elif who == 2:
+            time.sleep(0.02)
+        elif c == 1:
+            first.wait(5)  # let the worker take chunk 1
+        return real_claim(self, c, who)
+
+    def pgemm(*args):
+        tiles.setdefault(threading.get_ident(), set()).add(args[9].ctypes.data)
+        real_pgemm(*args)
+
+    p = gatecore.init_params("gru", 5, 37, num_layers=2, bidirectional=True, seed=7)
+    x = rng.standard_normal((12, 13, 5)).astype(np.float32)
+    with products_path("own"):
+        want = gatecore.forward("gru", x, p, training=False)[0].copy()
+    monkeypatch.setattr(overlap._Chunks, "_claim", claim)
+    monkeypatch.setattr(kpacked, "pgemm", pgemm)
+    with products_path("overlap"):
+        got = gatecore.forward("gru", x, p, training=False)[0]
+    assert len(tiles) == 2, "both threads computed chunks"
+    a, b = tiles.values()
+    assert not a & b
+    np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5)
 
 
 def test_training_calls_do_not_overlap(monkeypatch):
@@ -222,7 +264,7 @@ def test_no_worker_after_interpreter_shutdown_began(monkeypatch):
 
     monkeypatch.setattr(overlap, "_worker_pool", lambda: Refusing())
     seen = []
-    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b: seen.append((a, b)),
+    overlap.run_chunked(overlap.chunk_bounds(20), lambda a, b, w: seen.append((a, b)),
                         lambda a, b: None)
     assert len(seen) == len(overlap.chunk_bounds(20)) - 1
     assert overlap._active == 0
@@ -282,7 +324,7 @@ def _sigint_after_chunk(c_fire):
 
     log = []
 
-    def produce(k0, k1):
+    def produce(k0, k1, on_worker):
         log.append(("p", k0))
         if k0 == c_fire:
             os.kill(os.getpid(), signal.SIGINT)
@@ -326,8 +368,8 @@ def test_ctrl_c_with_a_custom_handler_lets_the_call_finish(main_thread_only, rng
         with products_path("overlap"):
             real = overlap._Chunks._run
 
-            def run_then_signal(self, c):
-                real(self, c)
+            def run_then_signal(self, c, who):
+                real(self, c, who)
                 if c == 2 and not calls:
                     import os
                     os.kill(os.getpid(), signal.SIGINT)
@@ -350,7 +392,7 @@ def test_ctrl_c_pending_when_the_call_fails_is_not_lost(main_thread_only):
 
     bounds = overlap.chunk_bounds(80)
 
-    def produce(k0, k1):
+    def produce(k0, k1, on_worker):
         if k0 == bounds[1]:
             os.kill(os.getpid(), signal.SIGINT)
             raise ValueError("chunk failed")
@@ -367,7 +409,7 @@ def test_a_hold_handler_left_installed_is_put_back(main_thread_only):
     stale = overlap._DeferSigint()
     stale.__enter__()  # as if a raising handler of another signal had cut __exit__ off
     assert signal.getsignal(signal.SIGINT) == stale._hold
-    overlap.run_chunked(overlap.chunk_bounds(10), lambda a, b: None, lambda a, b: None)
+    overlap.run_chunked(overlap.chunk_bounds(10), lambda a, b, w: None, lambda a, b: None)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
