@@ -65,6 +65,59 @@ def test_pgemm_offset_and_panel_range():
     _check(c[:, 16:], base[2], w[16:])
 
 
+_SHAPES = [(M, K, N, p0, p1) for M in (1, 4, 6, 8, 13, 64, 100) for K in (1, 7, 64, 300)
+           for N, p0, p1 in ((16, 0, 1), (32, 0, 2), (40, 0, 3), (80, 0, 5), (80, 1, 5),
+                             (80, 1, 4), (96, 3, 6), (1280, 0, 80))]
+
+
+def _pgemm_results():
+    out = []
+    for i, (M, K, N, p0, p1) in enumerate(_SHAPES):
+        rng = np.random.default_rng(i)
+        a = rng.standard_normal((M, K)).astype(np.float32)
+        w = rng.standard_normal((N, K)).astype(np.float32)
+        c = np.zeros((M, N), np.float32)
+        kp.pgemm(a, 0, _packed(w), c, M, K, N, p0, p1, np.zeros(96, np.float32))
+        out.append(c)
+    return out
+
+
+_CHILD = """
+import sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import test_packed
+from gatecore.kernels import packed
+assert not packed.WIDE
+np.savez({out!r}, *test_packed._pgemm_results())
+"""
+
+
+@pytest.mark.skipif(not kp.usable(np.float32), reason="no AVX2/FMA target")
+def test_avx2_and_avx512_kernels_give_the_same_bits(tmp_path):
+    """A target without AVX-512 (NUMBA_CPU_FEATURES without it, in a child process) runs
+    the eight-wide kernels only; with AVX-512 pgemm pairs full panels (_w6, _w4, _w1).
+    Every element is the same chain of FMAs either way: the same bits, for every row
+    remainder, odd panel ranges and a last panel that is not full."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import llvmlite.binding as ll
+
+    feats = ",".join(f if "avx512" not in f else "-" + f[1:]
+                     for f in ll.get_host_cpu_features().flatten().split(","))
+    out = tmp_path / "avx2.npz"
+    env = dict(os.environ, NUMBA_CPU_FEATURES=feats, NUMBA_CACHE_DIR=str(tmp_path / "nb"))
+    tests = str(Path(__file__).parent)
+    subprocess.run([sys.executable, "-c", _CHILD.format(tests=tests, out=str(out))], env=env,
+                   check=True, timeout=600)
+    got = np.load(out)
+    for i, c in enumerate(_pgemm_results()):
+        np.testing.assert_array_equal(got[f"arr_{i}"], c, err_msg=str(_SHAPES[i]))
+
+
 def test_pack_cols_is_pack_rows_of_the_transpose():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((37, 21)).astype(np.float32)
