@@ -282,8 +282,8 @@ def run_chunked(bounds: list[int], produce, consume) -> None:
     """For each chunk c of ``bounds``: ``produce(k0, k1, on_worker)`` (on either thread), then
     ``consume(k0, k1)`` on this thread, chunks in order; ``produce`` of later chunks runs on
     the worker meanwhile. Two ``produce`` calls (different chunks) can run at once, one on
-    each thread (this thread claims a chunk that the worker has not reached while the worker
-    still computes an earlier one): ``on_worker`` (true on the worker thread) lets ``produce``
+    each thread (this thread claimed a chunk that the worker was slow to reach, and the worker
+    goes on to the next one meanwhile): ``on_worker`` (true on the worker thread) lets ``produce``
     pick per-thread scratch. Exceptions of either are raised here, after the worker has stopped;
     Ctrl-C in the main thread stops the call at the next chunk and is raised after the
     cleanup (``_DeferSigint``).
