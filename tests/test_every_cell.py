@@ -93,14 +93,16 @@ def test_team_path_gives_the_same_results(name):
     the cell's rule on compact copies of each half; gatecore.kernels.cpu_kernels.py.in)
     matches the serial path for every cell: two layers, both directions, lengths with a 0,
     one batch item (products by _mmd) and several (packed), a hidden size whose second half
-    is not whole panels (37) and one with an empty second half (5). Cells the team path does
-    not take (two-stage, projection) run their usual path under both."""
+    is not whole panels (37) and one with an empty second half (5); with AVX-512, hidden
+    sizes whose weight gradients run through pgemm_tn directly (32: dW_hh) or transposed
+    (32: dW_ih [4H, 4]; 48: LSTM's dW_hh [192, 48]). Cells the team path does not take
+    (two-stage, projection) run their usual path under both."""
     import numpy as np
 
     import gatecore
     from conftest import products_path
 
-    for H, B in ((37, 3), (37, 1), (5, 2)):
+    for H, B in ((37, 3), (37, 1), (5, 2), (32, 3), (48, 2)):
         rng = np.random.default_rng(11)
         p = gatecore.init_params(name, 4, H, num_layers=2, bidirectional=True,
                                  dtype=np.float32, seed=5)

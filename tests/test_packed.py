@@ -118,6 +118,26 @@ def test_avx2_and_avx512_kernels_give_the_same_bits(tmp_path):
         np.testing.assert_array_equal(got[f"arr_{i}"], c, err_msg=str(_SHAPES[i]))
 
 
+@pytest.mark.skipif(not kp.WIDE, reason="pgemm_tn is for AVX-512 targets")
+@settings(max_examples=40, deadline=None)
+@given(M=st.integers(1, 200), K=st.integers(0, 300), nq=st.integers(1, 4),
+       q0=st.integers(0, 2), seed=st.integers(0, 2**31 - 1))
+def test_pgemm_tn_matches_numpy(M, K, nq, q0, seed):
+    """C = X^T D for every row remainder (blocks of 6, 4, 1 .. 3), K past a slice (128) and
+    K = 0, a column range of pairs starting past 0, wider row strides than the shapes; columns
+    outside the range are not written."""
+    rng = np.random.default_rng(seed)
+    N = 32 * (q0 + nq) + 7
+    x = rng.standard_normal((K, M + 3)).astype(np.float32)
+    d = rng.standard_normal((K, N)).astype(np.float32)
+    c = np.full((M, N + 5), np.nan, np.float32)
+    xp, dp = (np.empty(n, np.float32) for n in kp.tn_scratch(32 * nq))
+    kp.pgemm_tn(x, 1, M + 3, d, 0, N, c, 0, N + 5, M, K, q0, q0 + nq, xp, dp)
+    cols = slice(32 * q0, 32 * (q0 + nq))
+    assert np.isnan(c[:, :cols.start]).all() and np.isnan(c[:, cols.stop:]).all()
+    _check(c[:, cols], np.ascontiguousarray(x[:, 1:M + 1].T), np.ascontiguousarray(d[:, cols].T))
+
+
 def test_pack_cols_is_pack_rows_of_the_transpose():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((37, 21)).astype(np.float32)

@@ -50,9 +50,9 @@ from numba.extending import intrinsic, models, register_model
 
 from .. import config
 
-__all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "team_step", "team_worker",
-           "team_post", "team_claim", "team_wait", "team_next", "team_done", "FLAGS",
-           "packed_size", "usable"]
+__all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "pgemm_tn", "tn_scratch", "team_step",
+           "team_worker", "team_post", "team_claim", "team_wait", "team_next", "team_done",
+           "FLAGS", "packed_size", "usable"]
 
 CACHE = config.use_disk_cache()
 NR = 16  # panel width (two vectors of 8)
@@ -738,6 +738,74 @@ def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=KCMAX, afloats=
         k0 += kc
         if k0 >= K:
             break
+
+
+#: pgemm_tn's blocking: k per slice, rows of C per block (measured at backward's weight
+#: gradient shapes, one thread: 1280x320x6400, 125x1280x6400, 2048x512x1600)
+TN_KC, TN_MC = 128, 192
+
+
+def tn_scratch(N: int) -> tuple[int, int]:
+    """Elements of pgemm_tn's two scratch arrays (``xp``, ``dp``) for N columns."""
+    return TN_MC * TN_KC, TN_KC * (-(-N // 32) * 32)
+
+
+@njit(cache=CACHE, nogil=True)
+def pgemm_tn(x, xo, ldx, d, do, ldd, c, co, ldc, M, K, q0, q1, xp, dp):
+    """C[M, 32 q0 : 32 q1] = X^T @ D, for AVX-512 targets (``WIDE``): backward's weight
+    gradients, dW = dA^T @ input, whose operands are both stored step by step.
+
+    X [K, M] starts at element ``xo`` of ``x`` (rows ``ldx`` apart), D [K, >= 32 q1] at
+    ``do`` of ``d`` (rows ``ldd`` apart), C at ``co`` of ``c`` (rows ``ldc`` apart); all
+    float32 and C-contiguous (elements counted from the data pointer). Columns go in pairs of
+    16-column panels (32), so D must have whole pairs in the range. ``xp`` and ``dp`` are
+    scratch of ``tn_scratch(32 (q1 - q0))`` elements. Goto-style blocking: per slice of
+    TN_KC steps, D's columns are packed as pairs of panels (_w6's layout) and X^T by blocks of
+    TN_MC rows, then _w6/_w4 run over them. C is written, not added to (K = 0: zeros).
+    Measured on one core of the Zen 5 EPYC (against NumPy's OpenBLAS on one thread): 136
+    against 95 GFLOP/s at 1280x320x6400, 109 against 62 at 125x1280x6400.
+    """
+    kc = TN_KC
+    mc = TN_MC
+    nq = q1 - q0
+    if K == 0:
+        for i in range(M):
+            for j in range(32 * q0, 32 * q1):
+                _fstore(c, co + i * ldc + j, np.float32(0.0))
+        return
+    k0 = 0
+    while k0 < K:
+        kk = min(kc, K - k0)
+        acc = k0 > 0
+        for qq in range(nq):
+            j0 = 32 * (q0 + qq)
+            base = qq * 2 * kc * NR
+            for k in range(kk):
+                src = do + (k0 + k) * ldd + j0
+                o = base + k * NR
+                for j in range(NR):
+                    dp[o + j] = _fload(d, src + j)
+                    dp[o + kc * NR + j] = _fload(d, src + NR + j)
+        for i0 in range(0, M, mc):
+            i1 = min(M, i0 + mc)
+            for k in range(kk):
+                src = xo + (k0 + k) * ldx
+                for i in range(i0, i1):
+                    xp[(i - i0) * kc + k] = _fload(x, src + i)
+            for qq in range(nq):
+                j0 = 32 * (q0 + qq)
+                base = qq * 2 * kc * NR
+                i = i0
+                while i + MR <= i1:
+                    _w6(xp, (i - i0) * kc, kc, dp, base, base + kc * NR, c, co + i * ldc + j0,
+                        ldc, kk, acc)
+                    i += MR
+                while i < i1:
+                    r = min(4, i1 - i)
+                    _w4(xp, (i - i0) * kc, kc, dp, base, base + kc * NR, c, co + i * ldc + j0,
+                        ldc, kk, acc, r)
+                    i += r
+        k0 += kc
 
 
 @njit(cache=CACHE, nogil=True)
