@@ -181,7 +181,6 @@ def test_the_two_threads_chunks_never_share_scratch(monkeypatch, rng):
     computes a later one: the packed input product's scratch tile must be per thread (one
     shared tile gave a GRU output 0.16 off in a CI run on an overloaded machine). The worker
     is held back before each claim after its first, so the caller computes later chunks."""
-    from gatecore import network
     from gatecore.kernels import packed as kpacked
 
     first = threading.Event()
