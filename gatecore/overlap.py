@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - not CPython
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
-from .kernels.packed import EXITED, STOP, wait_exited
+from .kernels.packed import EXITED, STOP, fp_control, set_fp_control, wait_exited
 
 __all__ = ["enabled", "chunk_bounds", "run_chunked", "run_team", "run_pair"]
 
@@ -330,7 +330,7 @@ def _worker_for(task, stop, wanted: bool = True, exited=None):
                 pinned = _pin_caller()
                 try:
                     future = _worker_pool().submit(_on_cpus, pinned[1] if pinned else None,
-                                                   task)
+                                                   task, fp_control())
                 except RuntimeError:  # interpreter shutting down: no new threads
                     future = None
         yield future
@@ -431,11 +431,23 @@ def run_pair(mine, theirs, sigint_held: bool = False) -> None:
             future.result()  # the worker's error, if any
 
 
-def _on_cpus(cpus, task):
-    """Restrict the calling (worker) thread to ``cpus`` (None: leave it), then run ``task()``."""
+def _on_cpus(cpus, task, fpc=None):
+    """Restrict the calling (worker) thread to ``cpus`` (None: leave it), give it the
+    caller's floating-point control word ``fpc`` (``packed.fp_control``: flush-to-zero,
+    denormals-are-zero and rounding as the caller has them, so a half computed on the worker
+    has the same bits as on the caller; one left with the worker's own, set when the pool
+    started, kept denormals that the caller's half flushed after
+    ``torch.set_flush_denormal(True)``), run ``task()`` and put the worker's own word back."""
     if cpus is not None:
         try:
             os.sched_setaffinity(0, cpus)
         except OSError:
             pass
-    return task()
+    if fpc is None:
+        return task()
+    own = fp_control()
+    set_fp_control(fpc)
+    try:
+        return task()
+    finally:
+        set_fp_control(own)

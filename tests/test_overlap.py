@@ -425,3 +425,51 @@ def test_cost_model_of_the_overlap(B, G, H, I, pays):
     from gatecore.network import overlap_pays
 
     assert overlap_pays(B, G * H, H, H, I) is pays
+
+
+def test_the_worker_computes_with_the_callers_flush_to_zero_mode(monkeypatch):
+    """A caller that flushes denormals (x86 MXCSR FTZ/DAZ, as torch.set_flush_denormal(True)
+    sets it) gets the same bits whichever thread computed a half: the worker takes the
+    caller's floating-point control word for the call (it kept its own: denormals on the
+    worker's units, zeros on the caller's) and gets its own back afterwards."""
+    import platform
+
+    from gatecore import network
+    from gatecore.kernels import packed as kpacked
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("MXCSR is x86's")
+    real_loop = network._team_loop
+
+    def team_loop(*a):  # the worker has started (and takes its halves) before step 0
+        body = real_loop(*a)
+
+        def later(interrupted):
+            time.sleep(0.05)
+            body(interrupted)
+        return later
+
+    monkeypatch.setattr(network, "_team_loop", team_loop)
+    p = gatecore.init_params("gru", 64, 64, seed=0)
+    p["bias_ih_l0"][64:128] = 30.0  # z = 1: h_t = h_{t-1}, the denormal h0 carried along
+    x = np.random.default_rng(0).standard_normal((20, 16, 64)).astype(np.float32)
+    h0 = np.full((1, 16, 64), 1e-39, np.float32)
+    own = overlap._worker_pool().submit(kpacked.fp_control).result()
+    caller = kpacked.fp_control()
+    runs = []
+    try:
+        with products_path("team"):
+            gatecore.forward("gru", x, p, (h0,), training=False)
+            kpacked.set_fp_control(caller | 0x8040)  # FTZ | DAZ
+            for busy in (False, True):
+                release = threading.Event()
+                blocker = overlap._worker_pool().submit(release.wait) if busy else None
+                runs.append(gatecore.forward("gru", x, p, (h0,), training=False)[0].copy())
+                if blocker is not None:
+                    release.set()
+                    blocker.result(timeout=10)
+    finally:
+        kpacked.set_fp_control(caller)
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert (runs[0] == 0).all()  # flushed on both threads' units
+    assert overlap._worker_pool().submit(kpacked.fp_control).result() == own

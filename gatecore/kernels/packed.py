@@ -914,6 +914,51 @@ def team_done(flags, seq):
     _astore(flags, DONE, seq)
 
 
+@intrinsic
+def _stmxcsr(typingctx):
+    """The x86 SSE control and status register (MXCSR: flush-to-zero, denormals-are-zero,
+    rounding mode, exception masks); 0 elsewhere."""
+    sig = types.uint32()
+
+    def codegen(context, builder, sig, args):
+        slot = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
+        if _PAUSE:
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(ir.IntType(8))]),
+                "llvm.x86.sse.stmxcsr")
+            builder.call(fn, [builder.bitcast(slot, ir.PointerType(ir.IntType(8)))])
+        return builder.load(slot)
+    return sig, codegen
+
+
+@intrinsic
+def _ldmxcsr(typingctx, v):
+    """Set the MXCSR (x86; nothing elsewhere)."""
+    sig = types.void(types.uint32)
+
+    def codegen(context, builder, sig, args):
+        if _PAUSE:
+            slot = cgutils.alloca_once_value(builder, args[0])
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(ir.IntType(8))]),
+                "llvm.x86.sse.ldmxcsr")
+            builder.call(fn, [builder.bitcast(slot, ir.PointerType(ir.IntType(8)))])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(cache=CACHE, nogil=True)
+def fp_control():
+    """This thread's floating-point control word (x86 MXCSR; 0 elsewhere)."""
+    return _stmxcsr()
+
+
+@njit(cache=CACHE, nogil=True)
+def set_fp_control(v):
+    """Set this thread's floating-point control word (``fp_control``'s value; x86 only)."""
+    _ldmxcsr(np.uint32(v))
+
+
 @njit(cache=CACHE, nogil=True)
 def wait_exited(flags, spins):
     """Spin (without the GIL) until flags[EXITED] is set, at most ``spins`` times; whether
