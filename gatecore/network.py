@@ -245,10 +245,12 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     (or columns), dx by halves of its rows (added to it with ``tmp``: the second direction),
     the biases' column sums one each.
 
-    On AVX-512 targets (``packed.WIDE``) the weight gradients run through ``pgemm_tn`` and
-    dx through ``pgemm`` over W_ih packed by columns (measured at bench320, one thread:
-    1.4-1.8x NumPy's OpenBLAS there), where the shapes allow (``_tn_plan``); the rest is
-    NumPy's OpenBLAS on one thread in each half."""
+    On AVX-512 targets (``packed.WIDE``, float32) the weight gradients run through
+    ``pgemm_tn`` where their shapes have whole pairs of panels (``_tn_plan``), and dx
+    through ``pgemm`` over W_ih packed by columns (one thread: 1.4-1.8x NumPy's OpenBLAS
+    at bench320's shapes; training 5-15% faster at bench320/deepbench512/wide1024); the rest
+    is NumPy's OpenBLAS, on one thread in each half. When NumPy's OpenBLAS count cannot be
+    set to one (a call from another thread), the halves run one after the other, as before."""
     GH, G1H, M = dax2d.shape[1], dah2d.shape[1], dx2d.shape[0]
     dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
     dtype = dax2d.dtype
@@ -298,7 +300,7 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
 
     with overlap.hold_sigint():
         with blas.numpy_blas_one_thread() as single:
-            if single or wihp is not None:
+            if single:
                 overlap.run_pair(lambda: half(0), lambda: half(1), sigint_held=True)
                 return
         half(0)  # OpenBLAS's count not settable from here: its own threads, one call each
@@ -332,6 +334,8 @@ def _tn_half(plan, a2d, b2d, out, h, scratch):
     """Half h (of the pairs of panels) of out = a2d^T @ b2d by ``plan`` (``_tn_plan``)."""
     kind, nq, ct = plan
     q0, q1 = (0, nq // 2) if h == 0 else (nq // 2, nq)
+    if q0 == q1:  # one pair: all of it in the other half
+        return
     K = a2d.shape[0]
     xp, dp = scratch
     if kind == "direct":

@@ -433,11 +433,13 @@ def run_pair(mine, theirs, sigint_held: bool = False) -> None:
 
 def _on_cpus(cpus, task, fpc=None):
     """Restrict the calling (worker) thread to ``cpus`` (None: leave it), give it the
-    caller's floating-point control word ``fpc`` (``packed.fp_control``: flush-to-zero,
-    denormals-are-zero and rounding as the caller has them, so a half computed on the worker
-    has the same bits as on the caller; one left with the worker's own, set when the pool
-    started, kept denormals that the caller's half flushed after
-    ``torch.set_flush_denormal(True)``), run ``task()`` and put the worker's own word back."""
+    caller's floating-point control word ``fpc`` (``packed.fp_control``, x86's MXCSR:
+    flush-to-zero, denormals-are-zero and rounding as the caller has them, so a half
+    computed on the worker has the same bits as on the caller; one left with the worker's
+    own, set when the pool started, kept denormals that the caller's half flushed after
+    ``torch.set_flush_denormal(True)``), run ``task()`` and put the worker's own word back.
+    Elsewhere (aarch64's FPCR) the word is not carried over: a caller that flushes
+    denormals there can get other bits on the worker's half for denormal values."""
     if cpus is not None:
         try:
             os.sched_setaffinity(0, cpus)

@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import gatecore
@@ -77,7 +77,9 @@ def _pgemm_results():
         a = rng.standard_normal((M, K)).astype(np.float32)
         w = rng.standard_normal((N, K)).astype(np.float32)
         c = np.zeros((M, N), np.float32)
-        kp.pgemm(a, 0, _packed(w), c, M, K, N, p0, p1, np.zeros(96, np.float32))
+        # (kcmax 64: products of more than 96 rows add slices of k into C, the acc branches)
+        kp.pgemm(a, 0, _packed(w), c, M, K, N, p0, p1, np.zeros(96, np.float32), 64,
+                 kp.AFLOATS)
         out.append(c)
     return out
 
@@ -93,7 +95,7 @@ np.savez({out!r}, *test_packed._pgemm_results())
 """
 
 
-@pytest.mark.skipif(not kp.usable(np.float32), reason="no AVX2/FMA target")
+@pytest.mark.skipif(not kp.WIDE, reason="no AVX-512 target: only the eight-wide kernels")
 def test_avx2_and_avx512_kernels_give_the_same_bits(tmp_path):
     """A target without AVX-512 (NUMBA_CPU_FEATURES without it, in a child process) runs
     the eight-wide kernels only; with AVX-512 pgemm pairs full panels (_w6, _w4, _w1).
@@ -122,6 +124,7 @@ def test_avx2_and_avx512_kernels_give_the_same_bits(tmp_path):
 @settings(max_examples=40, deadline=None)
 @given(M=st.integers(1, 200), K=st.integers(0, 300), nq=st.integers(1, 4),
        q0=st.integers(0, 2), seed=st.integers(0, 2**31 - 1))
+@example(M=250, K=300, nq=3, q0=1, seed=1)  # a second block of rows (TN_MC = 192)
 def test_pgemm_tn_matches_numpy(M, K, nq, q0, seed):
     """C = X^T D for every row remainder (blocks of 6, 4, 1 .. 3), K past a slice (128) and
     K = 0, a column range of pairs starting past 0, wider row strides than the shapes; columns

@@ -16,12 +16,14 @@ micro-kernel takes two adjacent panels at once with sixteen-wide vectors (``_w6`
 block in twelve zmm registers), which doubles the FMA work per instruction: one core
 reaches 186-212 GFLOP/s at the recurrent products' shapes against 90-111 with eight-wide
 vectors. The packed layout is the same either way, and every element of C is the same
-chain of FMAs over k, so the results are the same bits with or without AVX-512.
+chain of FMAs over k, so pgemm's results are the same bits with or without AVX-512.
+(Backward's weight gradients also use ``pgemm_tn`` on AVX-512 targets only, where they
+otherwise use OpenBLAS: gradients differ between such machines in the last bits.)
 
 Why: the recurrent product of a step, ``h_{t-1} @ W_hh^T``, reuses the same weights T times.
 OpenBLAS re-packs them on every call (16x1024 @ 1024x4096: 86 GFLOP/s on two cores), while
-packed once these kernels reach about 90-95 GFLOP/s on one core of the 2-core EPYC and
-119-126 on two (64x320 @ 320x1280, 64x512 @ 512x2048; 88 at 16x1024 @ 1024x4096, which
+packed once these kernels reach about 90-95 GFLOP/s on one core of an AVX2 EPYC and
+119-126 on two (eight-wide kernels; twice that with AVX-512, above) (64x320 @ 320x1280, 64x512 @ 512x2048; 88 at 16x1024 @ 1024x4096, which
 streams 16 MB of weights per step), against 100-115 for OpenBLAS.
 
 Two threads share a product by column panels (``team_step`` on the caller, ``team_worker``
@@ -52,7 +54,7 @@ from .. import config
 
 __all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "pgemm_tn", "tn_scratch", "team_step",
            "team_worker", "team_post", "team_claim", "team_wait", "team_next", "team_done",
-           "FLAGS", "packed_size", "usable"]
+           "FLAGS", "WIDE", "packed_size", "usable", "fp_control", "set_fp_control"]
 
 CACHE = config.use_disk_cache()
 NR = 16  # panel width (two vectors of 8)
@@ -90,7 +92,7 @@ def _target_has_fma() -> bool:
     """Whether Numba compiles for a CPU with AVX2 and FMA (``_target_features``). Without
     FMA, LLVM turns the kernels' vector FMAs into calls of libm's fmaf: the same results,
     about 50x slower (measured: 188 against 3.5 ms for 64x512 @ 512x2048)."""
-    feats = _target_features()
+    feats = {f.strip() for f in _target_features().split(",")}
     return "+fma" in feats and "+avx2" in feats
 
 
@@ -98,7 +100,7 @@ _FMA = _target_has_fma()
 #: the target has AVX-512 (F): pgemm_at multiplies two panels at once with 16-wide vectors
 #: (``_w6``). A compile-time constant of the kernels; Numba's cache keys its entries by the
 #: target's features, so a cache filled on another CPU is never used with the wrong value.
-WIDE = _FMA and "+avx512f" in _target_features()
+WIDE = _FMA and "+avx512f" in {f.strip() for f in _target_features().split(",")}
 
 _VT = ir.VectorType(ir.FloatType(), 8)
 _I32 = ir.IntType(32)
