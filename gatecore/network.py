@@ -206,12 +206,18 @@ def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool)
 
 #: input-product multiply-adds (T * B * G*H * input size) from which an inference call whose
 #: steps use the kernels' own products computes each layer's input product on a second core,
-#: chunk by chunk, while the layer's time loop runs (gatecore.overlap; about 0.1 ms of one
-#: core's work at this size). Inference only: a training call's backward multiplies its weight
+#: chunk by chunk, while the layer's time loop runs (gatecore.overlap). Handing chunks to a
+#: worker that was asleep (calls spaced out, as compare.py samples them after a 0.2-0.3 s
+#: pause) costs a fixed 0.1-0.3 ms, so small calls lose. Measured with AVX-512 kernels (Zen 5
+#: EPYC, LSTM unless named, overlapped/serial time): T=100, B=8, H=I=64 (13M) 1.39, GRU 1.26;
+#: T=1000, B=1, H=I=64 (16M) 1.22, GRU (12M) 1.12; 26M: 0.96 (T=100, B=16, H=64), 1.08
+#: (T=200, B=8), 1.16 (T=100, B=4, H=I=128); T=500, B=1, H=I=128 (33M) 0.93; T=300, B=2
+#: (39M) 0.96; T=1000, B=1, H=I=128 (65M) 0.90-0.94. (It was 2^21 with the eight-wide
+#: kernels.) Inference only: a training call's backward multiplies its weight
 #: gradients by OpenBLAS, whose idle threads then spin on the second core for a while, and the
 #: worker shared that core with them: forward+backward with overlap (in forward, or in both)
 #: measured 5-30% slower, e.g. T=100, B=8, H=64 LSTM 5.9-6.3 ms against 4.4-4.9 ms.
-OVERLAP_MACS = 1 << 21
+OVERLAP_MACS = 1 << 25
 
 
 def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
