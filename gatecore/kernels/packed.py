@@ -102,25 +102,8 @@ _FMA = _target_has_fma()
 #: target's features, so a cache filled on another CPU is never used with the wrong value.
 WIDE = _FMA and "+avx512f" in {f.strip() for f in _target_features().split(",")}
 
-_VT = ir.VectorType(ir.FloatType(), 8)
 _I32 = ir.IntType(32)
 _PAUSE = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
-
-
-class Vec8f(types.Type):
-    """Eight float32 in one vector register (LLVM ``<8 x float>``)."""
-
-    def __init__(self):
-        super().__init__(name="Vec8f")
-
-
-vec8f = Vec8f()
-
-
-@register_model(Vec8f)
-class _Vec8Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _VT)
 
 
 def _elem_ptr(context, builder, aryty, ary, idx):
@@ -129,38 +112,134 @@ def _elem_ptr(context, builder, aryty, ary, idx):
     return builder.gep(data, [idx])
 
 
-@intrinsic
-def _vload(typingctx, arr, idx):
-    sig = vec8f(arr, types.intp)
+def _vector_model(lanes):
+    """A Numba type for ``lanes`` float32 in one vector register (LLVM ``<lanes x float>``)."""
+    lt = ir.VectorType(ir.FloatType(), lanes)
 
+    class VecF(types.Type):
+        def __init__(self):
+            super().__init__(name=f"Vec{lanes}f")
+
+    @register_model(VecF)
+    class _Model(models.PrimitiveModel):
+        def __init__(self, dmm, fe_type):
+            super().__init__(dmm, fe_type, lt)
+
+    return VecF(), lt
+
+
+vec8f, _VT = _vector_model(8)  # AVX2 ymm
+vec16f, _WT = _vector_model(16)  # AVX-512 zmm
+# (the intrinsics below stay module-level functions, one per width: Numba's cache refers to
+# them by name; their code generators are shared)
+
+
+def _cg_load(lt):
     def codegen(context, builder, sig, args):
         p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(builder.bitcast(p, ir.PointerType(_VT)), align=4)
-    return sig, codegen
+        return builder.load(builder.bitcast(p, ir.PointerType(lt)), align=4)
+    return codegen
+
+
+def _cg_store(lt):
+    def codegen(context, builder, sig, args):
+        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
+        builder.store(args[2], builder.bitcast(p, ir.PointerType(lt)), align=4)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _cg_bload(lt):
+    def codegen(context, builder, sig, args):
+        x = builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
+        v = builder.insert_element(ir.Constant(lt, ir.Undefined), x, ir.Constant(_I32, 0))
+        return builder.shuffle_vector(v, ir.Constant(lt, ir.Undefined),
+                                      ir.Constant(ir.VectorType(_I32, lt.count), [0] * lt.count))
+    return codegen
+
+
+def _cg_zero(lt):
+    def codegen(context, builder, sig, args):
+        return ir.Constant(lt, [0.0] * lt.count)
+    return codegen
+
+
+def _cg_fma(lt):
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(lt, [lt] * 3),
+                                            f"llvm.fma.v{lt.count}f32")
+        return builder.call(fn, args)
+    return codegen
+
+
+def _cg_add(lt):
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return codegen
+
+
+@intrinsic
+def _vload(typingctx, arr, idx):
+    """Eight floats at element ``idx`` of ``arr`` (counted from the data pointer)."""
+    return vec8f(arr, types.intp), _cg_load(_VT)
 
 
 @intrinsic
 def _vstore(typingctx, arr, idx, v):
-    sig = types.void(arr, types.intp, vec8f)
-
-    def codegen(context, builder, sig, args):
-        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
-        builder.store(args[2], builder.bitcast(p, ir.PointerType(_VT)), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
+    return types.void(arr, types.intp, vec8f), _cg_store(_VT)
 
 
 @intrinsic
 def _vbload(typingctx, arr, idx):
     """Element ``idx`` of ``arr`` broadcast to all eight lanes."""
-    sig = vec8f(arr, types.intp)
+    return vec8f(arr, types.intp), _cg_bload(_VT)
 
-    def codegen(context, builder, sig, args):
-        x = builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
-        v = builder.insert_element(ir.Constant(_VT, ir.Undefined), x, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(v, ir.Constant(_VT, ir.Undefined),
-                                      ir.Constant(ir.VectorType(_I32, 8), [0] * 8))
-    return sig, codegen
+
+@intrinsic
+def _vzero(typingctx):
+    return vec8f(), _cg_zero(_VT)
+
+
+@intrinsic
+def _vfma(typingctx, a, b, c):
+    """a * b + c, rounded once (llvm.fma)."""
+    return vec8f(vec8f, vec8f, vec8f), _cg_fma(_VT)
+
+
+@intrinsic
+def _vadd(typingctx, a, b):
+    return vec8f(vec8f, vec8f), _cg_add(_VT)
+
+
+@intrinsic
+def _wload(typingctx, arr, idx):
+    """As _vload, sixteen floats."""
+    return vec16f(arr, types.intp), _cg_load(_WT)
+
+
+@intrinsic
+def _wstore(typingctx, arr, idx, v):
+    return types.void(arr, types.intp, vec16f), _cg_store(_WT)
+
+
+@intrinsic
+def _wbload(typingctx, arr, idx):
+    return vec16f(arr, types.intp), _cg_bload(_WT)
+
+
+@intrinsic
+def _wzero(typingctx):
+    return vec16f(), _cg_zero(_WT)
+
+
+@intrinsic
+def _wfma(typingctx, a, b, c):
+    return vec16f(vec16f, vec16f, vec16f), _cg_fma(_WT)
+
+
+@intrinsic
+def _wadd(typingctx, a, b):
+    return vec16f(vec16f, vec16f), _cg_add(_WT)
 
 
 @intrinsic
@@ -183,119 +262,6 @@ def _fload(typingctx, arr, idx):
     def codegen(context, builder, sig, args):
         return builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
                             align=4)
-    return sig, codegen
-
-
-@intrinsic
-def _vzero(typingctx):
-    sig = vec8f()
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_VT, [0.0] * 8)
-    return sig, codegen
-
-
-@intrinsic
-def _vfma(typingctx, a, b, c):
-    """a * b + c, rounded once (llvm.fma)."""
-    sig = vec8f(vec8f, vec8f, vec8f)
-
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VT, [_VT] * 3),
-                                            "llvm.fma.v8f32")
-        return builder.call(fn, args)
-    return sig, codegen
-
-
-@intrinsic
-def _vadd(typingctx, a, b):
-    sig = vec8f(vec8f, vec8f)
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
-    return sig, codegen
-
-
-_WT = ir.VectorType(ir.FloatType(), 16)
-
-
-class Vec16f(types.Type):
-    """Sixteen float32 in one vector register (LLVM ``<16 x float>``: an AVX-512 zmm)."""
-
-    def __init__(self):
-        super().__init__(name="Vec16f")
-
-
-vec16f = Vec16f()
-
-
-@register_model(Vec16f)
-class _Vec16Model(models.PrimitiveModel):
-    def __init__(self, dmm, fe_type):
-        super().__init__(dmm, fe_type, _WT)
-
-
-@intrinsic
-def _wload(typingctx, arr, idx):
-    sig = vec16f(arr, types.intp)
-
-    def codegen(context, builder, sig, args):
-        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
-        return builder.load(builder.bitcast(p, ir.PointerType(_WT)), align=4)
-    return sig, codegen
-
-
-@intrinsic
-def _wstore(typingctx, arr, idx, v):
-    sig = types.void(arr, types.intp, vec16f)
-
-    def codegen(context, builder, sig, args):
-        p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
-        builder.store(args[2], builder.bitcast(p, ir.PointerType(_WT)), align=4)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def _wbload(typingctx, arr, idx):
-    """Element ``idx`` of ``arr`` broadcast to all sixteen lanes."""
-    sig = vec16f(arr, types.intp)
-
-    def codegen(context, builder, sig, args):
-        x = builder.load(_elem_ptr(context, builder, sig.args[0], args[0], args[1]), align=4)
-        v = builder.insert_element(ir.Constant(_WT, ir.Undefined), x, ir.Constant(_I32, 0))
-        return builder.shuffle_vector(v, ir.Constant(_WT, ir.Undefined),
-                                      ir.Constant(ir.VectorType(_I32, 16), [0] * 16))
-    return sig, codegen
-
-
-@intrinsic
-def _wzero(typingctx):
-    sig = vec16f()
-
-    def codegen(context, builder, sig, args):
-        return ir.Constant(_WT, [0.0] * 16)
-    return sig, codegen
-
-
-@intrinsic
-def _wfma(typingctx, a, b, c):
-    """a * b + c, rounded once (llvm.fma), sixteen lanes."""
-    sig = vec16f(vec16f, vec16f, vec16f)
-
-    def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_WT, [_WT] * 3),
-                                            "llvm.fma.v16f32")
-        return builder.call(fn, args)
-    return sig, codegen
-
-
-@intrinsic
-def _wadd(typingctx, a, b):
-    sig = vec16f(vec16f, vec16f)
-
-    def codegen(context, builder, sig, args):
-        return builder.fadd(args[0], args[1])
     return sig, codegen
 
 
