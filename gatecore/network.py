@@ -260,12 +260,12 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     GH, G1H, M = dax2d.shape[1], dah2d.shape[1], dx2d.shape[0]
     dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
     dtype = dax2d.dtype
-    p_ih = _tn_plan(dax2d, x2d, ws, "ih")
-    p_hh = _tn_plan(dah2d, hp2d, ws, "hh")
+    I = wih.shape[1]
+    wide = bool(kpacked.WIDE and kpacked.usable(dtype) and M)  # our kernels, not OpenBLAS
+    p_ih = _tn_plan(dax2d, x2d, ws, "ih") if wide else None
+    p_hh = _tn_plan(dah2d, hp2d, ws, "hh") if wide else None
     wihp = None
-    if (kpacked.WIDE and kpacked.usable(dtype) and M and dax2d.flags.c_contiguous
-            and dx2d.flags.c_contiguous):
-        I = wih.shape[1]
+    if wide and dax2d.flags.c_contiguous and dx2d.flags.c_contiguous:
         wihp = ws.get("b_wihcols", dtype, lambda T_, B_: (kpacked.packed_size(GH, I),))
         kpacked.pack_cols(wih, wihp)
     xps = [_tn_scratch(ws, dtype, h, max(x2d.shape[1], GH, hp2d.shape[1], G1H))
@@ -296,7 +296,6 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
         out = dx2d if tmp is None else tmp
         if wihp is not None:
             r0, r1 = rows.start, rows.stop
-            I = wih.shape[1]
             kpacked.pgemm(dax2d, r0 * GH, wihp, out[r0:r1], r1 - r0, GH, I, 0,
                           -(-I // kpacked.NR), tiles[h], kpacked.KCMAX, kpacked.AFLOATS)
         else:
@@ -314,12 +313,11 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
 
 
 def _tn_plan(a2d, b2d, ws, tag):
-    """How ``pgemm_tn`` computes dW = a2d^T @ b2d [Ma, Nb] (a2d [K, Ma], b2d [K, Nb]), or None
-    (NumPy's OpenBLAS): ("direct", Nb/32 pairs) when Nb is whole pairs of panels, else
-    ("t", Ma/32 pairs, scratch [Nb, Ma]) computing dW^T = b2d^T @ a2d and copying it back
-    transposed, when Ma is; only for float32 on AVX-512 targets."""
-    if (not (kpacked.WIDE and kpacked.usable(a2d.dtype)) or not a2d.shape[0]
-            or not (a2d.flags.c_contiguous and b2d.flags.c_contiguous)):
+    """How ``pgemm_tn`` computes dW = a2d^T @ b2d [Ma, Nb] (a2d [K, Ma], b2d [K, Nb], float32
+    on an AVX-512 target, K > 0), or None (NumPy's OpenBLAS): ("direct", Nb/32 pairs) when Nb
+    is whole pairs of panels, else ("t", Ma/32 pairs, scratch [Nb, Ma]) computing
+    dW^T = b2d^T @ a2d and copying it back transposed, when Ma is."""
+    if not (a2d.flags.c_contiguous and b2d.flags.c_contiguous):
         return None
     Ma, Nb = a2d.shape[1], b2d.shape[1]
     if Nb and Nb % 32 == 0:

@@ -22,9 +22,10 @@ otherwise use OpenBLAS: gradients differ between such machines in the last bits.
 
 Why: the recurrent product of a step, ``h_{t-1} @ W_hh^T``, reuses the same weights T times.
 OpenBLAS re-packs them on every call (16x1024 @ 1024x4096: 86 GFLOP/s on two cores), while
-packed once these kernels reach about 90-95 GFLOP/s on one core of an AVX2 EPYC and
-119-126 on two (eight-wide kernels; twice that with AVX-512, above) (64x320 @ 320x1280, 64x512 @ 512x2048; 88 at 16x1024 @ 1024x4096, which
-streams 16 MB of weights per step), against 100-115 for OpenBLAS.
+packed once the eight-wide kernels reach about 90-95 GFLOP/s on one core of an AVX2 EPYC
+and 119-126 on two (64x320 @ 320x1280, 64x512 @ 512x2048; 88 at 16x1024 @ 1024x4096, which
+streams 16 MB of weights per step), against 100-115 for OpenBLAS there; twice that with
+AVX-512 (above).
 
 Two threads share a product by column panels (``team_step`` on the caller, ``team_worker``
 on a second thread, see ``gatecore.overlap.run_team``); the time loops of the generated
@@ -71,39 +72,40 @@ FLAGS = 48
 #: floats of A per block of rows
 KCMAX, AFLOATS = 1024, 98304
 
-def _target_features() -> str:
-    """LLVM features of the CPU Numba compiles for (NUMBA_CPU_FEATURES, else the host's);
-    "" for a named generic target (NUMBA_CPU_NAME without features: assume none) or when
-    unknown."""
+def _target_features() -> set[str]:
+    """LLVM features of the CPU Numba compiles for (NUMBA_CPU_FEATURES, else the host's),
+    such as "+avx2"; none for a named generic target (NUMBA_CPU_NAME without features:
+    assume none) or when unknown."""
     try:
         from numba.core import config as nconfig
         feats = nconfig.CPU_FEATURES
         if feats is None:
             if nconfig.CPU_NAME not in (None, "host"):
-                return ""
+                return set()
             import llvmlite.binding as ll
             feats = ll.get_host_cpu_features().flatten()
-        return feats
+        return {f.strip() for f in feats.split(",")}
     except Exception:  # noqa: BLE001 - unknown: the BLAS paths
-        return ""
+        return set()
 
 
-def _target_has_fma() -> bool:
+def _target_has_fma(feats: set[str]) -> bool:
     """Whether Numba compiles for a CPU with AVX2 and FMA (``_target_features``). Without
     FMA, LLVM turns the kernels' vector FMAs into calls of libm's fmaf: the same results,
     about 50x slower (measured: 188 against 3.5 ms for 64x512 @ 512x2048)."""
-    feats = {f.strip() for f in _target_features().split(",")}
     return "+fma" in feats and "+avx2" in feats
 
 
-_FMA = _target_has_fma()
+_FEATURES = _target_features()
+_FMA = _target_has_fma(_FEATURES)
 #: the target has AVX-512 (F): pgemm_at multiplies two panels at once with 16-wide vectors
 #: (``_w6``). A compile-time constant of the kernels; Numba's cache keys its entries by the
 #: target's features, so a cache filled on another CPU is never used with the wrong value.
-WIDE = _FMA and "+avx512f" in {f.strip() for f in _target_features().split(",")}
+WIDE = _FMA and "+avx512f" in _FEATURES
 
 _I32 = ir.IntType(32)
-_PAUSE = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
+#: an x86 machine: the ``pause`` spin hint and the MXCSR (fp_control) exist
+_X86 = platform.machine().lower() in ("x86_64", "amd64", "i686", "x86")
 
 
 def _elem_ptr(context, builder, aryty, ary, idx):
@@ -304,7 +306,7 @@ def _pause(typingctx):
     sig = types.void()
 
     def codegen(context, builder, sig, args):
-        if _PAUSE:
+        if _X86:
             fn = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), []), "llvm.x86.sse2.pause")
             builder.call(fn, [])
@@ -882,6 +884,16 @@ def team_done(flags, seq):
     _astore(flags, DONE, seq)
 
 
+def _mxcsr_call(builder, name, slot):
+    """Call llvm.x86.sse.{name} (stmxcsr: store the MXCSR to ``slot``; ldmxcsr: load it from
+    there) on x86; nothing elsewhere."""
+    if _X86:
+        i8p = ir.PointerType(ir.IntType(8))
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [i8p]),
+                                            f"llvm.x86.sse.{name}")
+        builder.call(fn, [builder.bitcast(slot, i8p)])
+
+
 @intrinsic
 def _stmxcsr(typingctx):
     """The x86 SSE control and status register (MXCSR: flush-to-zero, denormals-are-zero,
@@ -890,11 +902,7 @@ def _stmxcsr(typingctx):
 
     def codegen(context, builder, sig, args):
         slot = cgutils.alloca_once_value(builder, ir.Constant(_I32, 0))
-        if _PAUSE:
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(ir.IntType(8))]),
-                "llvm.x86.sse.stmxcsr")
-            builder.call(fn, [builder.bitcast(slot, ir.PointerType(ir.IntType(8)))])
+        _mxcsr_call(builder, "stmxcsr", slot)
         return builder.load(slot)
     return sig, codegen
 
@@ -905,12 +913,7 @@ def _ldmxcsr(typingctx, v):
     sig = types.void(types.uint32)
 
     def codegen(context, builder, sig, args):
-        if _PAUSE:
-            slot = cgutils.alloca_once_value(builder, args[0])
-            fn = cgutils.get_or_insert_function(
-                builder.module, ir.FunctionType(ir.VoidType(), [ir.PointerType(ir.IntType(8))]),
-                "llvm.x86.sse.ldmxcsr")
-            builder.call(fn, [builder.bitcast(slot, ir.PointerType(ir.IntType(8)))])
+        _mxcsr_call(builder, "ldmxcsr", cgutils.alloca_once_value(builder, args[0]))
         return context.get_dummy_value()
     return sig, codegen
 
