@@ -254,7 +254,9 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     On AVX-512 targets (``packed.WIDE``, float32) the weight gradients run through
     ``pgemm_tn`` where their shapes have whole pairs of panels (``_tn_plan``), and dx
     through ``pgemm`` over W_ih packed by columns (one thread: 1.4-1.8x NumPy's OpenBLAS
-    at bench320's shapes; training 5-15% faster at bench320/deepbench512/wide1024); the rest
+    at bench320's shapes; training 5-15% faster at bench320/deepbench512/wide1024; halves
+    split by rows where X is the wider operand: LSTM deepbench512 this part 39.5 -> 30.0 ms
+    with pgemm_tn's k-major packing, bench320 44.9 -> 34.4); the rest
     is NumPy's OpenBLAS, on one thread in each half. When NumPy's OpenBLAS count cannot be
     set to one (a call from another thread), the halves run one after the other, as before."""
     GH, G1H, M = dax2d.shape[1], dah2d.shape[1], dx2d.shape[0]
@@ -314,17 +316,21 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
 
 def _tn_plan(a2d, b2d, ws, tag):
     """How ``pgemm_tn`` computes dW = a2d^T @ b2d [Ma, Nb] (a2d [K, Ma], b2d [K, Nb], float32
-    on an AVX-512 target, K > 0), or None (NumPy's OpenBLAS): ("direct", Nb/32 pairs) when Nb
-    is whole pairs of panels, else ("t", Ma/32 pairs, scratch [Nb, Ma]) computing
-    dW^T = b2d^T @ a2d and copying it back transposed, when Ma is."""
+    on an AVX-512 target, K > 0), or None (NumPy's OpenBLAS): ("direct", Nb/32 pairs, None,
+    by_rows) when Nb is whole pairs of panels, else ("t", Ma/32 pairs, scratch [Nb, Ma],
+    by_rows) computing dW^T = b2d^T @ a2d and copying it back transposed, when Ma is.
+
+    ``by_rows``: the two halves split the product's rows (X's columns) rather than its pairs
+    of columns, when X is the wider operand: each thread then packs half of X and all of D
+    instead of all of X and half of D (pgemm_tn packs both per call)."""
     if not (a2d.flags.c_contiguous and b2d.flags.c_contiguous):
         return None
     Ma, Nb = a2d.shape[1], b2d.shape[1]
     if Nb and Nb % 32 == 0:
-        return ("direct", Nb // 32, None)
+        return ("direct", Nb // 32, None, Ma > Nb)
     if Ma and Ma % 32 == 0:
         ct = ws.get(f"b_tn_{tag}", a2d.dtype, lambda T_, B_: (Nb, Ma))
-        return ("t", Ma // 32, ct)
+        return ("t", Ma // 32, ct, Nb > Ma)
     return None
 
 
@@ -335,20 +341,26 @@ def _tn_scratch(ws, dtype, h, N):
 
 
 def _tn_half(plan, a2d, b2d, out, h, scratch):
-    """Half h (of the pairs of panels) of out = a2d^T @ b2d by ``plan`` (``_tn_plan``)."""
-    kind, nq, ct = plan
-    q0, q1 = (0, nq // 2) if h == 0 else (nq // 2, nq)
-    if q0 == q1:  # one pair: all of it in the other half
+    """Half h of out = a2d^T @ b2d by ``plan`` (``_tn_plan``): half of its pairs of panels,
+    or of its rows (whole blocks of six)."""
+    kind, nq, ct, by_rows = plan
+    x, d = (a2d, b2d) if kind == "direct" else (b2d, a2d)
+    c = out if kind == "direct" else ct
+    K, M = x.shape
+    if by_rows:
+        cut = (M // 2 + kpacked.MR - 1) // kpacked.MR * kpacked.MR
+        i0, i1 = (0, min(cut, M)) if h == 0 else (min(cut, M), M)
+        q0, q1 = 0, nq
+    else:
+        i0, i1 = 0, M
+        q0, q1 = (0, nq // 2) if h == 0 else (nq // 2, nq)
+    if i0 == i1 or q0 == q1:  # (one pair, or a few rows: all of it in the other half)
         return
-    K = a2d.shape[0]
     xp, dp = scratch
-    if kind == "direct":
-        kpacked.pgemm_tn(a2d, 0, a2d.shape[1], b2d, 0, b2d.shape[1], out, 0, out.shape[1],
-                         a2d.shape[1], K, q0, q1, xp, dp)
-    else:  # out^T = b2d^T @ a2d, columns of pairs q0..q1 = rows 32 q0 .. 32 q1 of out
-        kpacked.pgemm_tn(b2d, 0, b2d.shape[1], a2d, 0, a2d.shape[1], ct, 0, ct.shape[1],
-                         b2d.shape[1], K, q0, q1, xp, dp)
-        out[32 * q0:32 * q1] = ct[:, 32 * q0:32 * q1].T
+    ldc = c.shape[1]
+    kpacked.pgemm_tn(x, i0, M, d, 0, d.shape[1], c, i0 * ldc, ldc, i1 - i0, K, q0, q1, xp, dp)
+    if kind == "t":  # out^T = b2d^T @ a2d: rows i0..i1 and pairs q0..q1 of it
+        out[32 * q0:32 * q1, i0:i1] = ct[i0:i1, 32 * q0:32 * q1].T
 
 
 def _team_buffers(ws, dtype):

@@ -141,6 +141,31 @@ def test_pgemm_tn_matches_numpy(M, K, nq, q0, seed):
     _check(c[:, cols], np.ascontiguousarray(x[:, 1:M + 1].T), np.ascontiguousarray(d[:, cols].T))
 
 
+@pytest.mark.skipif(not kp.WIDE, reason="pgemm_tn is for AVX-512 targets")
+@pytest.mark.parametrize("Ma,Nb", [(128, 32), (32, 100), (192, 48), (64, 64), (4, 64),
+                                   (96, 45), (40, 35)])
+def test_weight_gradient_halves(Ma, Nb):
+    """backward's two halves of dW = a^T b (network._tn_plan/_tn_half): direct or through
+    the transpose, split by pairs of panels or by rows (the wider operand packed by halves),
+    or NumPy's (neither side whole pairs): together the whole product."""
+    rng = np.random.default_rng(Ma * 1000 + Nb)
+    K = 301
+    a = rng.standard_normal((K, Ma)).astype(np.float32)
+    b = rng.standard_normal((K, Nb)).astype(np.float32)
+    ws = gatecore.Workspace()
+    ws._begin(1, 1)
+    plan = network._tn_plan(a, b, ws, "t")
+    if Nb % 32 and Ma % 32:
+        assert plan is None
+        return
+    assert plan[0] == ("direct" if Nb % 32 == 0 else "t")
+    assert plan[3] == (Ma > Nb if Nb % 32 == 0 else Nb > Ma)
+    out = np.full((Ma, Nb), np.nan, np.float32)
+    for h in (1, 0):
+        network._tn_half(plan, a, b, out, h, network._tn_scratch(ws, np.float32, h, max(Ma, Nb)))
+    _check(out, np.ascontiguousarray(a.T), np.ascontiguousarray(b.T))
+
+
 def test_pack_cols_is_pack_rows_of_the_transpose():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((37, 21)).astype(np.float32)

@@ -475,7 +475,15 @@ def _w6(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc):
     else 0) + A @ [panel at bp[bo], panel at bp[bo2]], sixteen-wide vectors (twelve
     accumulators, two panel loads and six broadcasts per k). Each element is the same chain
     of FMAs over k as in _k6: the same bits. Measured on one core of the Zen 5 EPYC: 186-212
-    GFLOP/s against _k6's 90-111 (60x320 @ 320x1280, 60x512 @ 512x2048, 48x128 @ 128x512)."""
+    GFLOP/s against _k6's 90-111 (60x320 @ 320x1280, 60x512 @ 512x2048, 48x128 @ 128x512).
+    A's rows are ``lda`` apart, its k consecutive (``_w6s`` for other strides)."""
+    _w6s(a, ao, lda, 1, bp, bo, bo2, c, co, ldc, K, acc)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _w6s(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, K, acc):
+    """_w6 with A[r, k] at a[ao + r lda + k lk]: pgemm_tn packs A (X^T) k-major, six rows
+    per k side by side (lda 1, lk 6)."""
     c00 = _wzero()
     c01 = _wzero()
     c10 = _wzero()
@@ -509,22 +517,23 @@ def _w6(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc):
     for k in range(K):
         b0 = _wload(bp, bo + NR * k)
         b1 = _wload(bp, bo2 + NR * k)
-        x = _wbload(a, ao + k)
+        kl = k * lk
+        x = _wbload(a, ao + kl)
         c00 = _wfma(x, b0, c00)
         c01 = _wfma(x, b1, c01)
-        x = _wbload(a, a1 + k)
+        x = _wbload(a, a1 + kl)
         c10 = _wfma(x, b0, c10)
         c11 = _wfma(x, b1, c11)
-        x = _wbload(a, a2 + k)
+        x = _wbload(a, a2 + kl)
         c20 = _wfma(x, b0, c20)
         c21 = _wfma(x, b1, c21)
-        x = _wbload(a, a3 + k)
+        x = _wbload(a, a3 + kl)
         c30 = _wfma(x, b0, c30)
         c31 = _wfma(x, b1, c31)
-        x = _wbload(a, a4 + k)
+        x = _wbload(a, a4 + kl)
         c40 = _wfma(x, b0, c40)
         c41 = _wfma(x, b1, c41)
-        x = _wbload(a, a5 + k)
+        x = _wbload(a, a5 + kl)
         c50 = _wfma(x, b0, c50)
         c51 = _wfma(x, b1, c51)
     _wstore(c, co, c00)
@@ -732,9 +741,12 @@ def pgemm_tn(x, xo, ldx, d, do, ldd, c, co, ldc, M, K, q0, q1, xp, dp):
     16-column panels (32), so D must have whole pairs in the range. ``xp`` and ``dp`` are
     scratch of ``tn_scratch(32 (q1 - q0))`` elements. Goto-style blocking: per slice of
     TN_KC steps, D's columns are packed as pairs of panels (_w6's layout) and X^T by blocks of
-    TN_MC rows, then _w6/_w4 run over them. C is written, not added to (K = 0: zeros).
-    Measured on one core of the Zen 5 EPYC (against NumPy's OpenBLAS on one thread): 136
-    against 95 GFLOP/s at 1280x320x6400, 109 against 62 at 125x1280x6400.
+    TN_MC rows (k-major in groups of six rows, each k's six values copied from one row of X;
+    row by row, a transposing copy, ran 1.1-1.35x slower), then _w6s/_w4 run over them. C is
+    written, not added to (K = 0: zeros). Measured on one core of the Zen 5 EPYC, half of
+    each product's columns: 148 GFLOP/s at 2048x512x1600 (deepbench512's dW), 129 at
+    1280x320x6400, 136 at 125x1280x6400, 144 at 4096x1024x400 (NumPy's OpenBLAS on one
+    thread: 62-98); the micro-kernel alone reaches 213 with its operands in L1.
     """
     kc = TN_KC
     mc = TN_MC
@@ -759,22 +771,27 @@ def pgemm_tn(x, xo, ldx, d, do, ldd, c, co, ldc, M, K, q0, q1, xp, dp):
                     dp[o + kc * NR + j] = _fload(d, src + NR + j)
         for i0 in range(0, M, mc):
             i1 = min(M, i0 + mc)
+            nf = (i1 - i0) // MR  # whole blocks of six rows: k-major, six rows per k
+            tb = nf * MR * kc  # (the rest after them, row by row)
             for k in range(kk):
-                src = xo + (k0 + k) * ldx
-                for i in range(i0, i1):
-                    xp[(i - i0) * kc + k] = _fload(x, src + i)
+                src = xo + (k0 + k) * ldx + i0
+                for m in range(nf):
+                    o = m * MR * kc + k * MR
+                    for r in range(MR):
+                        xp[o + r] = _fload(x, src + m * MR + r)
+                for i in range(nf * MR, i1 - i0):
+                    xp[tb + (i - nf * MR) * kc + k] = _fload(x, src + i)
             for qq in range(nq):
                 j0 = 32 * (q0 + qq)
                 base = qq * 2 * kc * NR
-                i = i0
-                while i + MR <= i1:
-                    _w6(xp, (i - i0) * kc, kc, dp, base, base + kc * NR, c, co + i * ldc + j0,
-                        ldc, kk, acc)
-                    i += MR
+                for m in range(nf):
+                    _w6s(xp, m * MR * kc, 1, MR, dp, base, base + kc * NR, c,
+                         co + (i0 + m * MR) * ldc + j0, ldc, kk, acc)
+                i = i0 + nf * MR
                 while i < i1:
                     r = min(4, i1 - i)
-                    _w4(xp, (i - i0) * kc, kc, dp, base, base + kc * NR, c, co + i * ldc + j0,
-                        ldc, kk, acc, r)
+                    _w4(xp, tb + (i - i0 - nf * MR) * kc, kc, dp, base, base + kc * NR, c,
+                        co + i * ldc + j0, ldc, kk, acc, r)
                     i += r
         k0 += kc
 
