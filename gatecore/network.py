@@ -245,7 +245,7 @@ def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
     return max(rec, gown) < 0.85 * (rec + gnp)
 
 
-def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bias, ws):
+def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bias, ws, same):
     """Backward's products over all steps for one-stage cells without projection, as two
     halves at once (this thread and the worker): dW_ih and dW_hh by halves of their rows
     (or columns), dx by halves of its rows (added to it with ``tmp``: the second direction),
@@ -258,7 +258,9 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     split by rows where X is the wider operand: LSTM deepbench512 this part 39.5 -> 30.0 ms
     with pgemm_tn's k-major packing, bench320 44.9 -> 34.4); the rest
     is NumPy's OpenBLAS, on one thread in each half. When NumPy's OpenBLAS count cannot be
-    set to one (a call from another thread), the halves run one after the other, as before."""
+    set to one (a call from another thread), the halves run one after the other, as before.
+    ``same``: dah2d is dax2d (a dah_is_dax cell): the halves sum half of its columns each,
+    for bias_ih, and bias_hh is a copy."""
     GH, G1H, M = dax2d.shape[1], dah2d.shape[1], dx2d.shape[0]
     dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
     dtype = dax2d.dtype
@@ -290,7 +292,10 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
             _tn_half(p_hh, dah2d, hp2d, dw_hh, h, xps[h])
         else:
             np.matmul(dah2d[:, r_hh].T, hp2d, out=dw_hh[r_hh])
-        if bias:
+        if bias and same:
+            cols = slice(0, GH // 2) if h == 0 else slice(GH // 2, GH)
+            np.matmul(ones, dax2d[:, cols], out=dparams["bias_ih" + sfx][cols])
+        elif bias:
             if h == 0:
                 np.matmul(ones, dax2d, out=dparams["bias_ih" + sfx])
             else:
@@ -309,9 +314,11 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
         with blas.numpy_blas_one_thread() as single:
             if single:
                 overlap.run_pair(lambda: half(0), lambda: half(1), sigint_held=True)
-                return
-        half(0)  # OpenBLAS's count not settable from here: its own threads, one call each
-        half(1)
+        if not single:  # OpenBLAS's count not settable from here: its own threads, one each
+            half(0)
+            half(1)
+    if bias and same:
+        dparams["bias_hh" + sfx][...] = dparams["bias_ih" + sfx]
 
 
 def _tn_plan(a2d, b2d, ws, tag):
@@ -792,7 +799,7 @@ def run_backward(tape: Tape, dy, dstate_n):
             rows1["dur"].fill(0)
 
     views = _backward_views(tape)
-    no_whr, dhr, ds, dax, dah1, dah2, du, dhnew, dhist, dm, ones, dummy_dy = (
+    no_whr, dhr, ds, dax, dah1_buf, dah2, du, dhnew, dhist, dm, ones, dummy_dy = (
         views[n] for n in ("no_whr", "dhr", "ds", "dax", "dah1", "dah2", "du", "dhnew",
                            "dhist", "dm", "ones", "dummy_dy"))
     du.fill(0)
@@ -812,6 +819,10 @@ def run_backward(tape: Tape, dy, dstate_n):
             buf = tape.buffers[(k, d)]
             idx = k * D + d
             sfx = _sfx(k, d)
+            # dah_is_dax cells (LSTM): in the forward direction step k is time k, so the
+            # kernels find dah1 to be dax itself and write it once
+            same = spec.dah_is_dax and not d
+            dah1 = dax if same else dah1_buf
             if dstate_n[0] is not None:
                 dhr[...] = dstate_n[0][idx]
             else:
@@ -881,7 +892,7 @@ def run_backward(tape: Tape, dy, dstate_n):
                 tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n)) if d else None
                 _split_grads(dax2d, dah1.reshape(T * B, G1H), x2d,
                              buf["hp"][:T].reshape(T * B, Hr), group["weight_ih"], dx2d, tmp,
-                             dparams, sfx, ones, dims.bias, ws)
+                             dparams, sfx, ones, dims.bias, ws, same)
                 continue
             # weight gradients: one GEMM each over all T*B rows
             mm(dax2d.T, x2d, dparams["weight_ih" + sfx])
@@ -893,7 +904,10 @@ def run_backward(tape: Tape, dy, dstate_n):
             if dims.bias:  # column sums as GEMV with a ones vector (no reduction buffers)
                 mm(ones, dax2d, dparams["bias_ih" + sfx])
                 db_hh = dparams["bias_hh" + sfx]
-                mm(ones, dah1.reshape(T * B, G1H), db_hh[:G1H])
+                if same:
+                    db_hh[...] = dparams["bias_ih" + sfx]
+                else:
+                    mm(ones, dah1.reshape(T * B, G1H), db_hh[:G1H])
                 if spec.two_stage:
                     mm(ones, dah2.reshape(T * B, G2H), db_hh[G1H:])
             if P:
@@ -920,7 +934,7 @@ def _backward_views(tape: Tape):
     state_dict key, the gradients' buffers) and ``("dx", k)`` per layer."""
     spec, dims, dtype, T, B = tape.spec, tape.dims, tape.dtype, tape.T, tape.B
     key = ("backward", dtype, T, B, dims, spec.key, spec.num_gates, spec.g1, spec.num_states,
-           spec.extra_params, spec.two_stage)
+           spec.extra_params, spec.two_stage, spec.dah_is_dax)
     return tape.workspace.fixed(key, lambda: _make_backward_views(tape))
 
 
@@ -935,7 +949,9 @@ def _make_backward_views(tape: Tape):
         "dhr": ws.get("b_dhr", dtype, lambda T_, B_: (B_, Hr)),
         "ds": ws.get("b_ds", dtype, lambda T_, B_: (S, B_, H)),
         "dax": ws.get("b_dax", dtype, lambda T_, B_: (T_, B_, GH)),
-        "dah1": ws.get("b_dah1", dtype, lambda T_, B_: (T_, B_, G1H)),
+        # (none where every direction's dah1 is dax: see run_backward)
+        "dah1": ws.get("b_dah1", dtype,
+                       lambda T_, B_: (0 if spec.dah_is_dax and D == 1 else T_, B_, G1H)),
         "dah2": ws.get("b_dah2", dtype, lambda T_, B_: (T_, B_, G2H)),
         "du": ws.get("b_du", dtype, lambda T_, B_: (B_, H2)),  # (du and dex: zeroed per call)
         "dhnew": ws.get("b_dhnew", dtype, lambda T_, B_: (B_, Hr)),

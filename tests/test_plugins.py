@@ -7,6 +7,7 @@ set-up installed them and that they registered through their entry points.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import pathlib
 import sys
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 import gatecore
+from gatecore.errors import CellSpecError
 from gatecore.registry import manager
 
 import oracles
@@ -149,6 +151,46 @@ def test_spec_lstm_equals_builtin_lstm(rng, dtype):
     np.testing.assert_allclose(dx1, dx2, **tol)
     for k in dp2:
         np.testing.assert_allclose(dp1[k], dp2[k], err_msg=k, **tol)
+
+
+@pytest.mark.parametrize("path", ("own", "team", "numpy", "blas"))
+def test_dah_is_dax_keeps_the_results(rng, path):
+    """LSTM declares dah_is_dax (backward keeps one array for dax and dah in the forward
+    direction): the same bits as with the declaration off, on every product path, one and
+    two directions, lengths with a 0, one workspace for all calls (the dah buffer is empty
+    for one direction). (The team path sums the bias gradient by halves of its columns:
+    OpenBLAS's GEMV rounds those in the last bit differently.)"""
+    from gatecore.cells.lstm import LSTM
+    assert LSTM.dah_is_dax and peephole.PEEPHOLE_LSTM.dah_is_dax
+    off = dataclasses.replace(LSTM, dah_is_dax=False)
+    ws = gatecore.Workspace()
+    for D, L, B in ((1, 1, 3), (2, 2, 4), (1, 2, 1)):
+        p, x, st = _random_net(LSTM, rng, T=7, B=B, H=6, L=L, D=D, dtype=np.float32)
+        dy = rng.standard_normal((7, B, D * 6)).astype(np.float32)
+        lengths = [7, 5, 0, 2][:B]
+        out = []
+        for cell in (LSTM, off):
+            with products_path(path):
+                y, sn, tape = gatecore.forward(cell, x, p, st, lengths=lengths, workspace=ws)
+                dx, ds0, dp = gatecore.backward(tape, dy)
+            out.append([y.copy(), dx.copy(), *(s.copy() for s in ds0),
+                        *(dp[k].copy() for k in sorted(dp))])
+        for a, b in zip(*out):
+            if path == "team":
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            else:
+                np.testing.assert_array_equal(a, b)
+
+
+def test_dah_is_dax_is_checked():
+    """A cell that declares dah_is_dax but writes a different dah (GRU: dah of n is r dn)
+    fails check_rules; a two-stage cell cannot declare it."""
+    from gatecore.cells.gru import GRU_RESET_AFTER, GRU_RESET_BEFORE
+    with pytest.raises(CellSpecError, match="dah_is_dax=True but rule 'backward'"):
+        dataclasses.replace(GRU_RESET_AFTER, dah_is_dax=True).check_rules()
+    with pytest.raises(CellSpecError, match="dah_is_dax=True is for one-stage cells"):
+        dataclasses.replace(GRU_RESET_BEFORE, dah_is_dax=True).validate()
+    dataclasses.replace(SPEC_LSTM, dah_is_dax=True).check_rules()
 
 
 def test_peephole_to_onnx_order():

@@ -65,6 +65,7 @@ LSTM = CellSpec(
     forward=lstm_forward,
     backward=lstm_backward,
     supports_projection=True,
+    dah_is_dax=True,
     description="long short-term memory with forget gate (PyTorch nn.LSTM layout)",
     reference="Hochreiter & Schmidhuber 1997; Gers, Schmidhuber & Cummins 2000",
 )

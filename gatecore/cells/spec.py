@@ -167,6 +167,12 @@ class CellSpec:
         Whether networks of this cell may use ``proj_size`` (LSTMP, Sak et al. 2014); the
         rules must then never read ``sp[0]`` and backward must leave ``dsp[0]`` zero
         (``check_rules`` checks both).
+    dah_is_dax : bool
+        Declares that ``backward`` writes ``dah`` equal to ``dax`` for every gate, as LSTM's
+        does (each gate's pre-activation is the sum ax + ah, so both parts get the same
+        gradient). BPTT then keeps one array for both in the forward direction: one write
+        of [T, B, G*H] per call and one bias gradient's sum fewer, and no dah buffer for
+        unidirectional networks. Only for one-stage cells; ``check_rules`` checks it.
     variant : str
         Distinguishes concrete specs that share a name (GRU ``reset_after`` / ``reset_before``).
     configure : callable, optional
@@ -189,6 +195,7 @@ class CellSpec:
     backward_stage2: Callable[..., Any] | None = None
     extra_params: tuple[tuple[str, int], ...] = ()
     supports_projection: bool = False
+    dah_is_dax: bool = False
     variant: str = ""
     configure: Callable[..., "CellSpec"] | None = None
     option_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
@@ -350,6 +357,10 @@ class CellSpec:
                 raise CellSpecError(
                     f"{who}: a two-stage cell (stage1_gates < gates) cannot support projection"
                 )
+            if self.dah_is_dax:  # the stage-2 gates' dah is not their dax (GRU: r * dn)
+                raise CellSpecError(
+                    f"{who}: dah_is_dax=True is for one-stage cells (stage1_gates = all gates)"
+                )
         elif self.forward_stage1 is not None or self.backward_stage2 is not None:
             raise CellSpecError(
                 f"{who}: forward_stage1/backward_stage2 given but stage1_gates is all gates"
@@ -375,7 +386,8 @@ class CellSpec:
         bounds checks raise where a compiled kernel would read garbage), a forward that
         leaves a state, the tape or ``u`` unwritten, and a backward that leaves a gradient
         unwritten or reads a tape value that forward never wrote (all caught by filling
-        the outputs with NaN first).
+        the outputs with NaN first); with ``dah_is_dax``, a backward whose dah differs from
+        its dax.
 
         Raises
         ------
@@ -443,6 +455,11 @@ class CellSpec:
         unwritten("backward", "dex (extra-parameter gradients)", dex, None, hint)
         if self.two_stage:
             unwritten("backward_stage2", "a stage-2 gradient", dax, slice(G1 * H, None), hint)
+        if self.dah_is_dax and not np.array_equal(dax, dah):
+            bad = int(np.sum(dax != dah))
+            raise CellSpecError(
+                f"{who}: dah_is_dax=True but rule 'backward' writes dah different from dax "
+                f"({bad} of {dax.size} values in a trial run); set dah_is_dax=False; {shapes}")
         if self.supports_projection and not self.two_stage:  # (validate refuses the pair)
             self._check_projection(who, shapes, call, ax, ah, sp, ex, ds, du, (sn, tp),
                                    (dax, dah, dsp, dex))

@@ -86,6 +86,7 @@ PEEPHOLE_LSTM = gatecore.CellSpec(
     backward=peephole_backward,
     extra_params=(("weight_peephole", 3),),
     supports_projection=True,
+    dah_is_dax=True,
     description="LSTM with peepholes [p_i, p_f, p_o] (ONNX LSTM with input P)",
     reference="Gers & Schmidhuber 2000",
 )
