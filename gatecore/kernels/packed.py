@@ -484,6 +484,13 @@ def _w6(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc):
 def _w6s(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, K, acc):
     """_w6 with A[r, k] at a[ao + r lda + k lk]: pgemm_tn packs A (X^T) k-major, six rows
     per k side by side (lda 1, lk 6)."""
+    _w6x(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, c, co + 16, ldc, K, acc)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _w6x(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc):
+    """_w6s with the second panel's 16 columns at e[eo] (rows lde apart): a tile, for a
+    last panel narrower than 16 (pgemm_at)."""
     c00 = _wzero()
     c01 = _wzero()
     c10 = _wzero()
@@ -498,17 +505,17 @@ def _w6s(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, K, acc):
     c51 = _wzero()
     if acc:
         c00 = _wload(c, co)
-        c01 = _wload(c, co + 16)
+        c01 = _wload(e, eo)
         c10 = _wload(c, co + ldc)
-        c11 = _wload(c, co + ldc + 16)
+        c11 = _wload(e, eo + lde)
         c20 = _wload(c, co + 2 * ldc)
-        c21 = _wload(c, co + 2 * ldc + 16)
+        c21 = _wload(e, eo + 2 * lde)
         c30 = _wload(c, co + 3 * ldc)
-        c31 = _wload(c, co + 3 * ldc + 16)
+        c31 = _wload(e, eo + 3 * lde)
         c40 = _wload(c, co + 4 * ldc)
-        c41 = _wload(c, co + 4 * ldc + 16)
+        c41 = _wload(e, eo + 4 * lde)
         c50 = _wload(c, co + 5 * ldc)
-        c51 = _wload(c, co + 5 * ldc + 16)
+        c51 = _wload(e, eo + 5 * lde)
     a1 = ao + lda
     a2 = a1 + lda
     a3 = a2 + lda
@@ -537,22 +544,28 @@ def _w6s(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, K, acc):
         c50 = _wfma(x, b0, c50)
         c51 = _wfma(x, b1, c51)
     _wstore(c, co, c00)
-    _wstore(c, co + 16, c01)
+    _wstore(e, eo, c01)
     _wstore(c, co + ldc, c10)
-    _wstore(c, co + ldc + 16, c11)
+    _wstore(e, eo + lde, c11)
     _wstore(c, co + 2 * ldc, c20)
-    _wstore(c, co + 2 * ldc + 16, c21)
+    _wstore(e, eo + 2 * lde, c21)
     _wstore(c, co + 3 * ldc, c30)
-    _wstore(c, co + 3 * ldc + 16, c31)
+    _wstore(e, eo + 3 * lde, c31)
     _wstore(c, co + 4 * ldc, c40)
-    _wstore(c, co + 4 * ldc + 16, c41)
+    _wstore(e, eo + 4 * lde, c41)
     _wstore(c, co + 5 * ldc, c50)
-    _wstore(c, co + 5 * ldc + 16, c51)
+    _wstore(e, eo + 5 * lde, c51)
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
 def _w4(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc, r):
     """Rows 0 .. r-1 (r <= 4) of a [4, 32] block as in _w6 (the same bits as _k4's)."""
+    _w4x(a, ao, lda, bp, bo, bo2, c, co, ldc, c, co + 16, ldc, K, acc, r)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _w4x(a, ao, lda, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, r):
+    """_w4 with the second panel's columns at e[eo] (rows lde apart), as _w6x."""
     l1 = lda if r > 1 else 0
     l2 = 2 * lda if r > 2 else l1
     l3 = 3 * lda if r > 3 else l2
@@ -566,16 +579,16 @@ def _w4(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc, r):
     c31 = _wzero()
     if acc:
         c00 = _wload(c, co)
-        c01 = _wload(c, co + 16)
+        c01 = _wload(e, eo)
         if r > 1:
             c10 = _wload(c, co + ldc)
-            c11 = _wload(c, co + ldc + 16)
+            c11 = _wload(e, eo + lde)
         if r > 2:
             c20 = _wload(c, co + 2 * ldc)
-            c21 = _wload(c, co + 2 * ldc + 16)
+            c21 = _wload(e, eo + 2 * lde)
         if r > 3:
             c30 = _wload(c, co + 3 * ldc)
-            c31 = _wload(c, co + 3 * ldc + 16)
+            c31 = _wload(e, eo + 3 * lde)
     a1 = ao + l1
     a2 = ao + l2
     a3 = ao + l3
@@ -595,28 +608,34 @@ def _w4(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc, r):
         c30 = _wfma(x, b0, c30)
         c31 = _wfma(x, b1, c31)
     _wstore(c, co, c00)
-    _wstore(c, co + 16, c01)
+    _wstore(e, eo, c01)
     if r > 1:
         _wstore(c, co + ldc, c10)
-        _wstore(c, co + ldc + 16, c11)
+        _wstore(e, eo + lde, c11)
     if r > 2:
         _wstore(c, co + 2 * ldc, c20)
-        _wstore(c, co + 2 * ldc + 16, c21)
+        _wstore(e, eo + 2 * lde, c21)
     if r > 3:
         _wstore(c, co + 3 * ldc, c30)
-        _wstore(c, co + 3 * ldc + 16, c31)
+        _wstore(e, eo + 3 * lde, c31)
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
 def _w1(a, ao, bp, bo, bo2, c, co, K, acc):
     """One row of two panels, as _k1 (even and odd k apart: the same bits as _k1's)."""
+    _w1x(a, ao, bp, bo, bo2, c, co, c, co + 16, K, acc)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _w1x(a, ao, bp, bo, bo2, c, co, e, eo, K, acc):
+    """_w1 with the second panel's columns at e[eo], as _w6x."""
     c0 = _wzero()
     c1 = _wzero()
     d0 = _wzero()
     d1 = _wzero()
     if acc:
         c0 = _wload(c, co)
-        c1 = _wload(c, co + 16)
+        c1 = _wload(e, eo)
     K2 = K - K % 2
     for k in range(0, K2, 2):
         x = _wbload(a, ao + k)
@@ -630,7 +649,7 @@ def _w1(a, ao, bp, bo, bo2, c, co, K, acc):
         c0 = _wfma(x, _wload(bp, bo + NR * K2), c0)
         c1 = _wfma(x, _wload(bp, bo2 + NR * K2), c1)
     _wstore(c, co, _wadd(c0, d0))
-    _wstore(c, co + 16, _wadd(c1, d1))
+    _wstore(e, eo, _wadd(c1, d1))
 
 
 @njit(cache=CACHE, nogil=True)
@@ -651,6 +670,33 @@ def _block(a, ao, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc, tile):
     for q in range(r):
         for j in range(nj):
             _fstore(c, co + (i + q) * ldc + j0 + j, tile[q * NR + j])
+
+
+@njit(cache=CACHE, nogil=True)
+def _pair_tail(a, ao, K, bp, bo, bo2, c, co, ldc, i0, i1, j0, nj, kk, acc, tile):
+    """Rows i0 .. i1-1 of a full panel at column j0 and the last, partial one after it (nj <
+    16 columns) at once, sixteen-wide as _w6/_w4: the partial panel's columns go through
+    ``tile`` (the same bits as _k6/_block's; at N = 125, dx of bench320's backward, the last
+    two panels ran eight-wide before)."""
+    i = i0
+    while i < i1:
+        r = MR if i + MR <= i1 and i1 - i != 8 else min(4, i1 - i)
+        if acc:
+            for q in range(r):
+                for j in range(nj):
+                    tile[q * NR + j] = _fload(c, co + (i + q) * ldc + j0 + NR + j)
+        if r == MR:
+            _w6x(a, ao + i * K, K, 1, bp, bo, bo2, c, co + i * ldc + j0, ldc, tile, 0, NR, kk,
+                 acc)
+        elif r == 1:
+            _w1x(a, ao + i * K, bp, bo, bo2, c, co + i * ldc + j0, tile, 0, kk, acc)
+        else:
+            _w4x(a, ao + i * K, K, bp, bo, bo2, c, co + i * ldc + j0, ldc, tile, 0, NR, kk, acc,
+                 r)
+        for q in range(r):
+            for j in range(nj):
+                _fstore(c, co + (i + q) * ldc + j0 + NR + j, tile[q * NR + j])
+        i += r
 
 
 @njit(cache=CACHE, nogil=True)
@@ -687,6 +733,11 @@ def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=KCMAX, afloats=
                             _w4(a, ao + i * K + k0, K, bp, bo, bo2, c, co + i * ldc + j0, ldc,
                                 kk, acc, r)
                         i += r
+                    p += 2
+                    continue
+                if WIDE and p + 1 < p1 and j0 + NR < N:  # two panels, the second partial
+                    _pair_tail(a, ao + k0, K, bp, bo, bo + K * NR, c, co, ldc, i0, i1, j0,
+                               N - j0 - NR, kk, acc, tile)
                     p += 2
                     continue
                 p += 1
