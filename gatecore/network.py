@@ -85,24 +85,32 @@ def _fill_extras(spec, dims, group, ex):
         r += n
 
 
-def _forward_views(ws, dtype, spec, dims, T, B, keep):
+def _forward_views(ws, dtype, spec, dims, T, B, keep, tape_in_gx):
     """The workspace views of a forward call, memoized per call shape (``Workspace.fixed``:
     one lookup instead of about 14 ``get`` calls, ~25 us at T=1): ``zero_bias``, ``no_whr``,
     ``gh1``, ``gh2``, ``pbuf``, ``state_n`` (tuple), ``("y", k)`` per layer and
     ``("dir", k, d)`` = (gx, hp, st, u, tp, mh, ex) per layer and direction (one set, reused by
     every layer and direction, without ``keep``). Views whose object the caller receives
-    (the last y, state_n) are handed out as fresh views by ``run_forward``."""
+    (the last y, state_n) are handed out as fresh views by ``run_forward``.
+
+    ``tape_in_gx`` (a taped call of a one-stage cell whose backward never reads ax): where
+    the tape holds one value per gate (LSTM: i f g o), the forward direction's tape is its gx
+    itself: step k is time k there, and each item's tape values overwrite the input
+    pre-activations the step has just read (still in cache: the tape's own lines were
+    fetched from memory before they were written; and a [T, B, G*H] buffer fewer). (A
+    two-stage cell reads gx again for its stage-2 gates after stage 1 wrote the tape.)"""
     L, D, H, Hr = dims.num_layers, dims.num_directions, dims.hidden_size, dims.hr
     G, G1, S, K, E = (spec.num_gates, spec.g1, spec.num_states, spec.tape_size,
                       spec.num_extra)
     H2 = H if spec.two_stage else 0
+    in_gx = bool(tape_in_gx and K == G)
     key = ("forward", dtype, T, B, bool(keep), L, D, H, Hr, G, G1, S, K, E, H2,
-           bool(dims.proj_size))
+           bool(dims.proj_size), in_gx)
     return ws.fixed(key, lambda: _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr,
-                                                     G, G1, S, K, E, H2))
+                                                     G, G1, S, K, E, H2, in_gx))
 
 
-def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E, H2):
+def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E, H2, in_gx):
     GH, G1H = G * H, G1 * H
     v = {
         "zero_bias": ws.get("zero_bias", dtype, lambda T_, B_: (GH,)),  # (zeroed per call)
@@ -122,11 +130,13 @@ def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E
         v["y", k] = ws.get(tag_y, dtype, lambda T_, B_: (T_, B_, D * Hr))
         for d in range(D):
             tag = f"{k}_{d}" if keep else ""
+            gx = ws.get(f"gx{tag}", dtype, lambda T_, B_: (T_, B_, GH))
             v["dir", k, d] = (
-                ws.get(f"gx{tag}", dtype, lambda T_, B_: (T_, B_, GH)),
+                gx,
                 ws.get(f"hp{tag}", dtype, lambda T_, B_, n=nslot - T: (T_ + n, B_, Hr)),
                 ws.get(f"st{tag}", dtype, lambda T_, B_, n=nslot - T: (S, T_ + n, B_, H)),
                 ws.get(f"u{tag}", dtype, lambda T_, B_, m=mslot - T: (T_ + m, B_, H2)),
+                gx if in_gx and d == 0 else  # (same shape: K == G, keep)
                 ws.get(f"tp{tag}", dtype, lambda T_, B_, m=mslot - T: (T_ + m, B_, K * H)),
                 ws.get(f"mh{tag}", dtype,
                        lambda T_, B_: (T_ if (keep and dims.proj_size) else 0, B_, H)),
@@ -626,7 +636,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     x, state0, layers = _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype,
                                       keep)
 
-    views = _forward_views(ws, dtype, spec, dims, T, B, keep)
+    views = _forward_views(ws, dtype, spec, dims, T, B, keep,
+                           keep and not mod.AXB and not spec.two_stage)
     zeros_bias, no_whr, gh1, gh2, pbuf = (views[n] for n in ("zero_bias", "no_whr", "gh1",
                                                               "gh2", "pbuf"))
     zeros_bias.fill(0)

@@ -182,6 +182,29 @@ def test_dah_is_dax_keeps_the_results(rng, path):
                 np.testing.assert_array_equal(a, b)
 
 
+def test_lstm_training_keeps_no_separate_tape_or_dah():
+    """A taped unidirectional LSTM call keeps its tape (i f g o) in gx and backward writes
+    dax once: the workspace holds neither a tape buffer nor a dah buffer of [T, B, 4H]; a
+    GRU (tape of its own size, dah differs) keeps both. Backward twice gives the same."""
+    T, B, I, H = 9, 3, 4, 16
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    big = T * B * 3 * H * 4  # bytes of a [T, B, 3H] float32 array
+    sizes = {}
+    for cell in ("lstm", "gru"):
+        ws = gatecore.Workspace()
+        p = gatecore.init_params(cell, I, H, dtype=np.float32, seed=1)
+        y, _, tape = gatecore.forward(cell, x, p, workspace=ws)
+        g1 = [a.copy() for a in gatecore.backward(tape, dy)[2].values()]
+        g2 = list(gatecore.backward(tape, dy)[2].values())
+        for a, b in zip(g1, g2):
+            np.testing.assert_array_equal(a, b)
+        sizes[cell] = sorted(n for n, b in ws._buffers.items() if b.nbytes >= big)
+    assert not any(n.startswith(("tp", "b_dah1")) for n in sizes["lstm"]), sizes
+    assert any(n.startswith("tp") for n in sizes["gru"]), sizes
+
+
 def test_dah_is_dax_is_checked():
     """A cell that declares dah_is_dax but writes a different dah (GRU: dah of n is r dn)
     fails check_rules; a two-stage cell cannot declare it."""
