@@ -56,7 +56,8 @@ class Tape:
     workspace: Workspace
     generation: int
     xs: list  # layer inputs, time-major [T, B, *]
-    buffers: dict  # (k, d) -> dict of gx, hp, st, u, tp, ex, mh, w1c, w2c, whrc
+    buffers: dict  # (k, d) -> dict of gx, hp, st, u, tp, ex, mh, w1c, w2c, whrc (tp may be
+    # gx itself, then holding the tape: _forward_views' tape_in_gx)
     team: bool = False  # forward ran packed products (no transposed copies w1c on the tape)
     packed_own: bool = False  # forward's own products ran packed (no transposed copies either)
     masks: list | None = None  # dropout: masks[k] [T, B, D*Hr], 0 or 1/(1-p), on layer k's output

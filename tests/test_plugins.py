@@ -154,24 +154,35 @@ def test_spec_lstm_equals_builtin_lstm(rng, dtype):
 
 
 @pytest.mark.parametrize("path", ("own", "team", "numpy", "blas"))
-def test_dah_is_dax_keeps_the_results(rng, path):
+def test_dah_is_dax_and_tape_in_gx_keep_the_results(rng, path, monkeypatch):
     """LSTM declares dah_is_dax (backward keeps one array for dax and dah in the forward
-    direction): the same bits as with the declaration off, on every product path, one and
-    two directions, lengths with a 0, one workspace for all calls (the dah buffer is empty
-    for one direction). (The team path sums the bias gradient by halves of its columns:
-    OpenBLAS's GEMV rounds those in the last bit differently.)"""
+    direction) and its taped forward keeps the tape in gx: the same bits as with both off,
+    on every product path, one and two directions and layers, lengths with a 0, a
+    projection, dropout between layers, hidden and input sizes whose weight gradients and dx
+    take every split of the packed products (40, 96), one workspace for all calls (the dah
+    buffer is empty for one direction). (The team path sums the bias gradient by halves of
+    its columns: OpenBLAS's GEMV may round those in the last bit differently.)"""
+    from gatecore import network
     from gatecore.cells.lstm import LSTM
     assert LSTM.dah_is_dax and peephole.PEEPHOLE_LSTM.dah_is_dax
     off = dataclasses.replace(LSTM, dah_is_dax=False)
+    views = network._forward_views
     ws = gatecore.Workspace()
-    for D, L, B in ((1, 1, 3), (2, 2, 4), (1, 2, 1)):
-        p, x, st = _random_net(LSTM, rng, T=7, B=B, H=6, L=L, D=D, dtype=np.float32)
-        dy = rng.standard_normal((7, B, D * 6)).astype(np.float32)
-        lengths = [7, 5, 0, 2][:B]
+    for D, L, B, H, I, P, drop in ((1, 1, 3, 6, 3, 0, 0), (2, 2, 4, 6, 3, 0, 0.3),
+                                   (1, 2, 1, 6, 3, 4, 0.3), (1, 1, 5, 40, 96, 0, 0),
+                                   (2, 1, 4, 40, 96, 0, 0)):
+        p = gatecore.init_params(LSTM, I, H, num_layers=L, bidirectional=D == 2, proj_size=P,
+                                 dtype=np.float32, seed=7)
+        x = rng.standard_normal((7, B, I)).astype(np.float32)
+        dy = rng.standard_normal((7, B, D * (P or H))).astype(np.float32)
+        lengths = [7, 5, 0, 2, 6][:B]
         out = []
-        for cell in (LSTM, off):
+        for cell, tape_in_gx in ((LSTM, True), (off, False)):
+            monkeypatch.setattr(network, "_forward_views", lambda *a, t=tape_in_gx: views(
+                *a[:-1], a[-1] and t))
             with products_path(path):
-                y, sn, tape = gatecore.forward(cell, x, p, st, lengths=lengths, workspace=ws)
+                y, sn, tape = gatecore.forward(cell, x, p, lengths=lengths, workspace=ws,
+                                               dropout=drop, rng=np.random.default_rng(5))
                 dx, ds0, dp = gatecore.backward(tape, dy)
             out.append([y.copy(), dx.copy(), *(s.copy() for s in ds0),
                         *(dp[k].copy() for k in sorted(dp))])
@@ -214,6 +225,15 @@ def test_dah_is_dax_is_checked():
     with pytest.raises(CellSpecError, match="dah_is_dax=True is for one-stage cells"):
         dataclasses.replace(GRU_RESET_BEFORE, dah_is_dax=True).validate()
     dataclasses.replace(SPEC_LSTM, dah_is_dax=True).check_rules()
+    # a concrete spec from configure() that inherits the flag is checked when first used
+    bad = dataclasses.replace(GRU_RESET_AFTER, name="claims", dah_is_dax=True, configure=None,
+                              option_defaults={})
+    cell = dataclasses.replace(SPEC_LSTM, name="claims", dah_is_dax=True,
+                               configure=lambda gru: bad if gru else SPEC_LSTM,
+                               option_defaults={"gru": False})
+    cell.with_options(gru=False)
+    with pytest.raises(CellSpecError, match="dah_is_dax=True but rule 'backward'"):
+        cell.with_options(gru=True)
 
 
 def test_peephole_to_onnx_order():

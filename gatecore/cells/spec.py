@@ -167,12 +167,6 @@ class CellSpec:
         Whether networks of this cell may use ``proj_size`` (LSTMP, Sak et al. 2014); the
         rules must then never read ``sp[0]`` and backward must leave ``dsp[0]`` zero
         (``check_rules`` checks both).
-    dah_is_dax : bool
-        Declares that ``backward`` writes ``dah`` equal to ``dax`` for every gate, as LSTM's
-        does (each gate's pre-activation is the sum ax + ah, so both parts get the same
-        gradient). BPTT then keeps one array for both in the forward direction: one write
-        of [T, B, G*H] per call and one bias gradient's sum fewer, and no dah buffer for
-        unidirectional networks. Only for one-stage cells; ``check_rules`` checks it.
     variant : str
         Distinguishes concrete specs that share a name (GRU ``reset_after`` / ``reset_before``).
     configure : callable, optional
@@ -182,6 +176,16 @@ class CellSpec:
         The options ``configure`` accepts and their defaults (shown by ``gatecore cells``).
     description, reference : str
         One line each, for listings: what the cell is, and the paper it follows.
+    dah_is_dax : bool
+        Declares that ``backward`` writes ``dah`` equal to ``dax`` for every gate, as LSTM's
+        does (each gate's pre-activation is the sum ax + ah, so both parts get the same
+        gradient). The CPU backend's BPTT then keeps one array for both in the forward
+        direction: one write of [T, B, G*H] per call and one bias gradient's sum fewer, and
+        no dah buffer for unidirectional networks. Only for one-stage cells (``validate``);
+        ``check_rules`` compares dah with dax on its trial inputs, for the spec a cell
+        registers and for each concrete spec its ``configure`` returns: a check on one
+        trial run, not a proof (a backward whose dah differs from dax only past some
+        threshold would pass it and train with wrong weight_hh and bias_hh gradients).
     """
 
     name: str
@@ -195,12 +199,12 @@ class CellSpec:
     backward_stage2: Callable[..., Any] | None = None
     extra_params: tuple[tuple[str, int], ...] = ()
     supports_projection: bool = False
-    dah_is_dax: bool = False
     variant: str = ""
     configure: Callable[..., "CellSpec"] | None = None
     option_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     description: str = ""
     reference: str = ""
+    dah_is_dax: bool = False  # (last: positional arguments keep their meaning)
 
     def __post_init__(self):
         # lists are accepted where tuples are declared (the spec is hashed and used as a key:
@@ -269,6 +273,8 @@ class CellSpec:
             raise CellSpecError(f"cell {self.name!r}: configure() did not return a CellSpec")
         if _VALIDATED.get(id(spec)) is not spec:
             spec.validate()
+            if spec.dah_is_dax:  # (a flag inherited by dataclasses.replace, say)
+                spec.check_rules()
             _VALIDATED[id(spec)] = spec
         return spec
 
