@@ -179,28 +179,25 @@ def test_pack_cols_is_pack_rows_of_the_transpose():
 
 
 @settings(max_examples=40)
-@given(R=st.integers(1, 70), K=st.integers(0, 40), row0=st.integers(0, 5), cut=st.integers(0, 5),
+@given(R=st.integers(1, 70), K=st.integers(0, 40), row0=st.integers(0, 5),
        seed=st.integers(0, 2**31 - 1))
-def test_packing_by_panel_ranges(R, K, row0, cut, seed):
-    """pack_rows_at/pack_cols_at over two ranges of panels (two threads' halves) give the
-    layout bp[p, k, j] = W[k, 16 p + j], zero past N, whole panels or a tail."""
+def test_packing_layout(R, K, row0, seed):
+    """pack_rows (from row row0) and pack_cols give the layout bp[p, k, j] = W[k, 16 p + j],
+    zero past N, whole panels or a tail."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((R + row0, K)).astype(np.float32)
     n = R
     P = -(-n // 16)
-    cut = min(cut, P)
     ref = np.zeros((P, K, 16), np.float32)
     for p in range(P):
         for j in range(min(16, n - 16 * p)):
             ref[p, :, j] = w[row0 + 16 * p + j]
     a = np.full(kp.packed_size(K, n), np.nan, np.float32)
-    kp.pack_rows_at(w, row0, n, a, cut, P)
-    kp.pack_rows_at(w, row0, n, a, 0, cut)
+    kp.pack_rows(w, row0, n, a)
     np.testing.assert_array_equal(a.reshape(P, K, 16), ref)
     wt = np.ascontiguousarray(w[row0:].T)  # [K, n]: packed by columns, the same panels
     b = np.full_like(a, np.nan)
-    kp.pack_cols_at(wt, b, 0, cut)
-    kp.pack_cols_at(wt, b, cut, P)
+    kp.pack_cols(wt, b)
     np.testing.assert_array_equal(b.reshape(P, K, 16), ref)
 
 

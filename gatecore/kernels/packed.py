@@ -53,9 +53,8 @@ from numba.extending import intrinsic, models, register_model
 
 from .. import config
 
-__all__ = ["pack_rows", "pack_cols", "pack_rows_at", "pack_cols_at", "pgemm", "pgemm_at",
-           "pgemm_tn", "tn_scratch", "team_step", "team_worker", "team_post", "team_claim",
-           "team_wait", "team_next", "team_done",
+__all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "pgemm_tn", "tn_scratch", "team_step",
+           "team_worker", "team_post", "team_claim", "team_wait", "team_next", "team_done",
            "FLAGS", "WIDE", "packed_size", "usable", "fp_control", "set_fp_control"]
 
 CACHE = config.use_disk_cache()
@@ -874,19 +873,13 @@ def packed_size(K: int, N: int) -> int:
 @njit(cache=CACHE, nogil=True)
 def pack_rows(w, row0, n, bp):
     """bp = packed (w[row0:row0+n, :].T): panels of 16 rows of ``w`` [*, K] (weight_hh's
-    layout, C-contiguous), zero past n. ``bp`` flat, ``packed_size(K, n)`` elements."""
-    pack_rows_at(w, row0, n, bp, 0, -(-n // NR))
-
-
-@njit(cache=CACHE, nogil=True)
-def pack_rows_at(w, row0, n, bp, p0, p1):
-    """Panels p0 .. p1-1 of ``pack_rows`` (two threads can pack halves of one matrix).
+    layout, C-contiguous), zero past n. ``bp`` flat, ``packed_size(K, n)`` elements.
 
     Each k's 16 values are gathered from the panel's 16 rows and stored as one line (row by
     row with strided stores ran 1.3-1.6x slower: the panel, 16 K floats, left L1 between
     rows; 2048 x 512 in 0.27 against 0.34 ms, 4096 x 1024 in 2.3-3.1 against 3.8-4.9)."""
     K = w.shape[1]
-    for p in range(p0, p1):
+    for p in range(-(-n // NR)):
         base = p * K * NR
         r0 = row0 + p * NR
         nj = min(NR, n - p * NR)
@@ -906,17 +899,13 @@ def pack_rows_at(w, row0, n, bp, p0, p1):
 
 @njit(cache=CACHE, nogil=True)
 def pack_cols(w, bp):
-    """bp = packed (w): panels of 16 columns of ``w`` [K, N] (C-contiguous), zero past N."""
-    pack_cols_at(w, bp, 0, -(-w.shape[1] // NR))
+    """bp = packed (w): panels of 16 columns of ``w`` [K, N] (C-contiguous), zero past N.
 
-
-@njit(cache=CACHE, nogil=True)
-def pack_cols_at(w, bp, p0, p1):
-    """Panels p0 .. p1-1 of ``pack_cols``, panel by panel: each k's 16 columns are one
-    vector copy (with a constant trip count; a variable one ran 2-4x slower: 4096 x 1024 in
+    Panel by panel: each k's 16 columns are one vector copy (with a constant trip count; a
+    variable one, and rows 16 at a time across all panels, ran 2-4x slower: 4096 x 1024 in
     2.8-4.0 against 5.8-7.6 ms, 2048 x 512 in 0.19-0.25 against 0.5-1.1 ms)."""
     K, N = w.shape
-    for p in range(p0, p1):
+    for p in range(-(-N // NR)):
         base = p * K * NR
         j0 = p * NR
         nj = min(NR, N - j0)
