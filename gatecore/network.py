@@ -115,6 +115,7 @@ def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E
     GH, G1H = G * H, G1 * H
     v = {
         "zero_bias": ws.get("zero_bias", dtype, lambda T_, B_: (GH,)),  # (zeroed per call)
+        "binit": ws.get("binit", dtype, lambda T_, B_: (GH,)),  # (team input products' bias)
         "no_whr": ws.get("no_whr", dtype, lambda T_, B_: (0, H)),
         "state_n": tuple(
             ws.get(f"state_n{s}", dtype, lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
@@ -413,16 +414,17 @@ def _packed_rows(pk, name, w, n, ws, dtype, blocks=1):
     return out
 
 
-def _team_input_product(wih, pk, in2d, gx2d, ws, dtype, flags, tiles):
-    """gx2d = in2d @ W_ih^T by packed products on two threads (W_ih packed once for prepared
-    parameters, else into the workspace)."""
+def _team_input_product(wih, pk, in2d, gx2d, ws, dtype, flags, tiles, bias):
+    """gx2d = in2d @ W_ih^T + bias [G*H] by packed products on two threads (W_ih packed once
+    for prepared parameters, else into the workspace)."""
     M, I = in2d.shape
     GH = gx2d.shape[1]
     wihp = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
     split = -(-GH // kpacked.NR) // 2
     overlap.run_team(
-        kpacked.team_worker, (flags, in2d, wihp, gx2d, M, I, GH, split, tiles[1]), flags,
-        lambda _: kpacked.team_step(flags, 1, in2d, 0, wihp, gx2d, M, I, GH, split, tiles[0]))
+        kpacked.team_worker, (flags, in2d, wihp, gx2d, M, I, GH, split, tiles[1], bias), flags,
+        lambda _: kpacked.team_step(flags, 1, in2d, 0, wihp, gx2d, M, I, GH, split, tiles[0],
+                                    bias))
 
 
 #: multiply-adds of recurrent products per kernel call of a team's time loop: the loop runs in
@@ -674,8 +676,18 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             _fill_extras(spec, dims, group, ex)
             gx2d = gx.reshape(T * B, GH)
             pk = packed[k][d] if packed is not None else None
+            bih = group["bias_ih"] if dims.bias else zeros_bias
+            bhh = group["bias_hh"] if dims.bias else zeros_bias
             if T * B and team:  # packed on two threads, no BLAS (see team_products)
-                _team_input_product(group["weight_ih"], pk, in2d, gx2d, ws, dtype, flags, tiles)
+                # (gx = x W_ih^T + b_ih, + b_hh too for the kernels' FUSE cells: see
+                # _team_fwd_half in cpu_kernels.py.in)
+                binit = views["binit"]
+                if mod.FUSE:
+                    np.add(bih, bhh, out=binit)
+                else:
+                    binit[...] = bih
+                _team_input_product(group["weight_ih"], pk, in2d, gx2d, ws, dtype, flags, tiles,
+                                    binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
                 if pipe and kpacked.usable(dtype):  # the worker multiplies over packed W_ih
@@ -696,8 +708,6 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 st[0, 0] = state0[0][idx]
             for s in range(1, S):
                 st[s, 0] = state0[s][idx]
-            bih = group["bias_ih"] if dims.bias else zeros_bias
-            bhh = group["bias_hh"] if dims.bias else zeros_bias
             # transposed C-contiguous recurrent weights: OpenBLAS multiplies h @ W^T fastest
             # with W^T stored (measured per step: 16x1024 @ 1024x4096 2.1 ms against 2.9 ms
             # through a transposed view); the kernels' own products (_mm, and backward's
@@ -747,9 +757,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     mod.forward_dir(*args, s_, s_ + 1, True)
             elif team:  # (the worker has its own scratch rows and tile)
                 def targs(r, tile):
-                    return (gx, bih, whh, bhh, ex, lengths, bool(d), keep, hp, st, tp, gh1,
-                            r["axr"], r["ahr"], r["spr"], r["snr"], r["tpr"], r["exr"], y,
-                            d * Hr, wp, tile)
+                    return (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp,
+                            gh1, r["spr"], r["snr"], r["tpr"], r["exr"], y, d * Hr, wp, tile)
                 overlap.run_team(
                     mod.team_forward_worker, (flags, *targs(rows1, tiles[1])), flags,
                     _team_loop(lambda k0, k1: mod.forward_team(k0, k1, flags,
@@ -882,9 +891,8 @@ def run_backward(tape: Tape, dy, dstate_n):
                 def targs(r, tile):
                     return (buf["gx"], w1c, buf["ex"], lengths, bool(d), buf["st"], buf["tp"],
                             d_out if has_dy else dummy_dy, has_dy, d * Hr, dhr, ds, dax, dah1,
-                            dhnew, dex_buf, r["axr"], r["daxr"], r["dahr"], r["tpr"], r["spr"],
-                            r["snr"], r["dsr"], r["dspr"], r["dur"], r["exr"], r["dexr"], wp,
-                            tile)
+                            dhnew, dex_buf, r["dahr"], r["spr"], r["snr"], r["dsr"], r["dspr"],
+                            r["dur"], r["exr"], r["dexr"], wp, tile)
                 overlap.run_team(
                     mod.team_backward_worker, (flags, *targs(rows1, tiles[1])), flags,
                     _team_loop(lambda k0, k1: mod.backward_team(k0, k1, flags,

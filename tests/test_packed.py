@@ -65,6 +65,30 @@ def test_pgemm_offset_and_panel_range():
     _check(c[:, 16:], base[2], w[16:])
 
 
+@settings(max_examples=60)
+@given(M=st.integers(0, 40), K=st.integers(0, 70), N=st.integers(1, 70), bias=st.booleans(),
+       seed=st.integers(0, 2**31 - 1))
+@example(M=200, K=1100, N=40, bias=False, seed=0)  # (slices of k: C accumulates after I)
+@example(M=200, K=1100, N=17, bias=True, seed=1)
+def test_pgemm_init_starts_from_its_source(M, K, N, bias, seed):
+    """C = I + A @ W, I a matrix with its own row stride or (stride 0) one bias row, into
+    columns of a wider C; K = 0 gives I."""
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((M, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    src = rng.standard_normal((max(M, 1), N + 5)).astype(np.float32)
+    ldci = 0 if bias else N + 5
+    init = np.broadcast_to(src[0, 2:2 + N], (M, N)) if bias else src[:M, 2:2 + N]
+    c = np.full((M, N + 4), np.nan, np.float32)
+    kp.pgemm_init(a, 0, _packed(w), c, 3, N + 4, M, K, N, 0, -(-N // kp.NR),
+                  np.zeros(96, np.float32), True, src, 2, ldci, kp.KCMAX, kp.AFLOATS)
+    assert np.isnan(c[:, :3]).all() and np.isnan(c[:, 3 + N:]).all()
+    ref = init.astype(np.float64) + a.astype(np.float64) @ w.T.astype(np.float64)
+    scale = np.abs(a).astype(np.float64) @ np.abs(w.T).astype(np.float64) + np.abs(init)
+    np.testing.assert_allclose(c[:, 3:3 + N], ref, rtol=0,
+                               atol=float(1e-6 * (scale.max(initial=0) + 1)))
+
+
 _SHAPES = [(M, K, N, p0, p1) for M in (1, 4, 6, 8, 13, 64, 100) for K in (1, 7, 64, 300)
            for N, p0, p1 in ((16, 0, 1), (32, 0, 2), (40, 0, 3), (80, 0, 5), (80, 1, 5),
                              (80, 1, 4), (96, 3, 6), (1280, 0, 80), (29, 0, 2), (125, 0, 8),
@@ -81,6 +105,11 @@ def _pgemm_results():
         # (kcmax 64: products of more than 96 rows add slices of k into C, the acc branches)
         kp.pgemm(a, 0, _packed(w), c, M, K, N, p0, p1, np.zeros(96, np.float32), 64,
                  kp.AFLOATS)
+        out.append(c)
+        init = rng.standard_normal((M, N + 3)).astype(np.float32)
+        c = np.zeros((M, N), np.float32)
+        kp.pgemm_init(a, 0, _packed(w), c, 0, N, M, K, N, p0, p1, np.zeros(96, np.float32),
+                      True, init, 1, N + 3, 64, kp.AFLOATS)
         out.append(c)
     return out
 
@@ -118,7 +147,7 @@ def test_avx2_and_avx512_kernels_give_the_same_bits(tmp_path):
                    check=True, timeout=600)
     got = np.load(out)
     for i, c in enumerate(_pgemm_results()):
-        np.testing.assert_array_equal(got[f"arr_{i}"], c, err_msg=str(_SHAPES[i]))
+        np.testing.assert_array_equal(got[f"arr_{i}"], c, err_msg=str(_SHAPES[i // 2]))
 
 
 @pytest.mark.skipif(not kp.WIDE, reason="pgemm_tn is for AVX-512 targets")
@@ -202,8 +231,10 @@ def test_packing_layout(R, K, row0, seed):
 
 
 @pytest.mark.parametrize("with_worker", [True, False])
-def test_team_products_match_numpy(with_worker, monkeypatch):
-    """A team of many products: the same results whether the worker shares them or not."""
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_team_products_match_numpy(with_worker, with_bias, monkeypatch):
+    """A team of many products: the same results whether the worker shares them or not,
+    with or without a bias added to every row."""
     monkeypatch.setattr(overlap, "enabled", lambda: with_worker)
     rng = np.random.default_rng(2)
     M, K, N, T = 9, 33, 72, 50
@@ -215,16 +246,21 @@ def test_team_products_match_numpy(with_worker, monkeypatch):
     flags = np.zeros(kp.FLAGS, np.int64)
     tiles = np.zeros((2, 96), np.float32)
     split = 2
+    bias = rng.standard_normal(N).astype(np.float32) if with_bias else np.zeros(0, np.float32)
 
     def body():
         for t in range(T):
-            kp.team_step(flags, t + 1, a, t * M * K, bp, out, M, K, N, split, tiles[0])
+            kp.team_step(flags, t + 1, a, t * M * K, bp, out, M, K, N, split, tiles[0], bias)
             c[t] = out
 
-    overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, split, tiles[1]), flags,
+    overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, split, tiles[1], bias), flags,
                      lambda interrupted: body())
     for t in range(T):
-        _check(c[t], a[t], w)
+        if with_bias:
+            ref = a[t].astype(np.float64) @ w.T.astype(np.float64) + bias
+            np.testing.assert_allclose(c[t], ref, rtol=2e-5, atol=2e-4)
+        else:
+            _check(c[t], a[t], w)
     assert flags[kp.STOP] == (1 if with_worker else 0)
 
 
@@ -239,11 +275,13 @@ def test_team_stops_its_worker_when_the_body_raises():
     tiles = np.zeros((2, 96), np.float32)
 
     def body(interrupted):
-        kp.team_step(flags, 1, a, 0, bp, out, M, K, N, 1, tiles[0])
+        kp.team_step(flags, 1, a, 0, bp, out, M, K, N, 1, tiles[0], no_bias)
         raise RuntimeError("boom")
 
+    no_bias = np.zeros(0, np.float32)
     with pytest.raises(RuntimeError, match="boom"):
-        overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, 1, tiles[1]), flags, body)
+        overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, 1, tiles[1], no_bias),
+                         flags, body)
     assert (out == K).all()
     done = threading.Event()
     overlap._worker_pool().submit(done.set)

@@ -235,6 +235,15 @@ def test_dah_is_dax_is_checked():
     with pytest.raises(CellSpecError, match="dah_is_dax=True but rule 'backward'"):
         cell.with_options(gru=True)
 
+    # a forward that uses ah apart from ax (here ax + 2 ah) fails even with dah equal to dax
+    from gatecore.cells.lstm import LSTM, lstm_forward
+
+    def apart(ax, ah, sp, ex, sn, tp, j, H):
+        lstm_forward.py_func(ax + ah, ah, sp, ex, sn, tp, j, H)
+
+    with pytest.raises(CellSpecError, match="rule 'forward' gives other results"):
+        dataclasses.replace(LSTM, name="apart", forward=apart).check_rules()
+
 
 def test_peephole_to_onnx_order():
     """to_onnx maps [p_i, p_f, p_o] to ONNX's [p_i, p_o, p_f] and gates i,f,g,o to i,o,f,c."""

@@ -53,9 +53,9 @@ from numba.extending import intrinsic, models, register_model
 
 from .. import config
 
-__all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "pgemm_tn", "tn_scratch", "team_step",
-           "team_worker", "team_post", "team_claim", "team_wait", "team_next", "team_done",
-           "FLAGS", "WIDE", "packed_size", "usable", "fp_control", "set_fp_control"]
+__all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "pgemm_init", "pgemm_tn", "tn_scratch",
+           "team_step", "team_worker", "team_post", "team_claim", "team_wait", "team_next",
+           "team_done", "FLAGS", "WIDE", "packed_size", "usable", "fp_control", "set_fp_control"]
 
 CACHE = config.use_disk_cache()
 NR = 16  # panel width (two vectors of 8)
@@ -301,6 +301,23 @@ def _acas(typingctx, arr, idx, old, new):
 
 
 @intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint that element ``idx`` of ``arr`` (counted from its data pointer) will be read soon
+    (LLVM's prefetch: into all cache levels; no effect on results, never faults)."""
+    sig = types.void(arr, idx)
+
+    def codegen(context, builder, sig, args):
+        ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
+                              ir.PointerType(ir.IntType(8)))
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]),
+            "llvm.prefetch.p0")
+        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
 def _pause(typingctx):
     """The spin-wait hint (x86 ``pause``); nothing elsewhere."""
     sig = types.void()
@@ -318,6 +335,13 @@ def _pause(typingctx):
 def _k6(a, ao, lda, bp, bo, c, co, ldc, K, acc):
     """C block [6, 16] at c[co] (rows ldc apart) = (C if acc, else 0) + A @ panel, where the
     A rows start at a[ao] (lda apart) and the panel slice at bp[bo] (16 per k)."""
+    _k6i(a, ao, lda, bp, bo, c, co, ldc, K, acc, co, ldc)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _k6i(a, ao, lda, bp, bo, c, co, ldc, K, acc, lo, ldl):
+    """_k6 whose block starts (``acc``) from the one at element ``lo`` of c (counted from
+    its data pointer, rows ``ldl`` apart): pgemm_init's init source."""
     c00 = _vzero()
     c01 = _vzero()
     c10 = _vzero()
@@ -331,18 +355,18 @@ def _k6(a, ao, lda, bp, bo, c, co, ldc, K, acc):
     c50 = _vzero()
     c51 = _vzero()
     if acc:
-        c00 = _vload(c, co)
-        c01 = _vload(c, co + 8)
-        c10 = _vload(c, co + ldc)
-        c11 = _vload(c, co + ldc + 8)
-        c20 = _vload(c, co + 2 * ldc)
-        c21 = _vload(c, co + 2 * ldc + 8)
-        c30 = _vload(c, co + 3 * ldc)
-        c31 = _vload(c, co + 3 * ldc + 8)
-        c40 = _vload(c, co + 4 * ldc)
-        c41 = _vload(c, co + 4 * ldc + 8)
-        c50 = _vload(c, co + 5 * ldc)
-        c51 = _vload(c, co + 5 * ldc + 8)
+        c00 = _vload(c, lo)
+        c01 = _vload(c, lo + 8)
+        c10 = _vload(c, lo + ldl)
+        c11 = _vload(c, lo + ldl + 8)
+        c20 = _vload(c, lo + 2 * ldl)
+        c21 = _vload(c, lo + 2 * ldl + 8)
+        c30 = _vload(c, lo + 3 * ldl)
+        c31 = _vload(c, lo + 3 * ldl + 8)
+        c40 = _vload(c, lo + 4 * ldl)
+        c41 = _vload(c, lo + 4 * ldl + 8)
+        c50 = _vload(c, lo + 5 * ldl)
+        c51 = _vload(c, lo + 5 * ldl + 8)
     a1 = ao + lda
     a2 = a1 + lda
     a3 = a2 + lda
@@ -387,6 +411,12 @@ def _k6(a, ao, lda, bp, bo, c, co, ldc, K, acc):
 def _k4(a, ao, lda, bp, bo, c, co, ldc, K, acc, r):
     """Rows 0 .. r-1 (r <= 4) of a [4, 16] block as in _k6 (rows past r repeat row r-1 and
     are not stored)."""
+    _k4i(a, ao, lda, bp, bo, c, co, ldc, K, acc, r, co, ldc)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _k4i(a, ao, lda, bp, bo, c, co, ldc, K, acc, r, lo, ldl):
+    """_k4 with an init source, as _k6i."""
     l1 = lda if r > 1 else 0
     l2 = 2 * lda if r > 2 else l1
     l3 = 3 * lda if r > 3 else l2
@@ -399,17 +429,17 @@ def _k4(a, ao, lda, bp, bo, c, co, ldc, K, acc, r):
     c30 = _vzero()
     c31 = _vzero()
     if acc:
-        c00 = _vload(c, co)
-        c01 = _vload(c, co + 8)
+        c00 = _vload(c, lo)
+        c01 = _vload(c, lo + 8)
         if r > 1:
-            c10 = _vload(c, co + ldc)
-            c11 = _vload(c, co + ldc + 8)
+            c10 = _vload(c, lo + ldl)
+            c11 = _vload(c, lo + ldl + 8)
         if r > 2:
-            c20 = _vload(c, co + 2 * ldc)
-            c21 = _vload(c, co + 2 * ldc + 8)
+            c20 = _vload(c, lo + 2 * ldl)
+            c21 = _vload(c, lo + 2 * ldl + 8)
         if r > 3:
-            c30 = _vload(c, co + 3 * ldc)
-            c31 = _vload(c, co + 3 * ldc + 8)
+            c30 = _vload(c, lo + 3 * ldl)
+            c31 = _vload(c, lo + 3 * ldl + 8)
     a1 = ao + l1
     a2 = ao + l2
     a3 = ao + l3
@@ -445,13 +475,19 @@ def _k4(a, ao, lda, bp, bo, c, co, ldc, K, acc, r):
 def _k1(a, ao, bp, bo, c, co, K, acc):
     """One row: c[co:co+16] = (c if acc, else 0) + A row @ panel slice. Even and odd k
     accumulate apart (four chains of FMAs: two would wait on the FMA latency)."""
+    _k1i(a, ao, bp, bo, c, co, K, acc, co)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _k1i(a, ao, bp, bo, c, co, K, acc, lo):
+    """_k1 with an init source, as _k6i."""
     c0 = _vzero()
     c1 = _vzero()
     d0 = _vzero()
     d1 = _vzero()
     if acc:
-        c0 = _vload(c, co)
-        c1 = _vload(c, co + 8)
+        c0 = _vload(c, lo)
+        c1 = _vload(c, lo + 8)
     K2 = K - K % 2
     for k in range(0, K2, 2):
         x = _vbload(a, ao + k)
@@ -490,6 +526,13 @@ def _w6s(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, K, acc):
 def _w6x(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc):
     """_w6s with the second panel's 16 columns at e[eo] (rows lde apart): a tile, for a
     last panel narrower than 16 (pgemm_at)."""
+    _w6xi(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, co, ldc, eo, lde)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _w6xi(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, lo, ldl, le, lde2):
+    """_w6x whose panels start (``acc``) from c[lo] and e[le] (rows ldl and lde2 apart),
+    as _k6i."""
     c00 = _wzero()
     c01 = _wzero()
     c10 = _wzero()
@@ -503,18 +546,18 @@ def _w6x(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc):
     c50 = _wzero()
     c51 = _wzero()
     if acc:
-        c00 = _wload(c, co)
-        c01 = _wload(e, eo)
-        c10 = _wload(c, co + ldc)
-        c11 = _wload(e, eo + lde)
-        c20 = _wload(c, co + 2 * ldc)
-        c21 = _wload(e, eo + 2 * lde)
-        c30 = _wload(c, co + 3 * ldc)
-        c31 = _wload(e, eo + 3 * lde)
-        c40 = _wload(c, co + 4 * ldc)
-        c41 = _wload(e, eo + 4 * lde)
-        c50 = _wload(c, co + 5 * ldc)
-        c51 = _wload(e, eo + 5 * lde)
+        c00 = _wload(c, lo)
+        c01 = _wload(e, le)
+        c10 = _wload(c, lo + ldl)
+        c11 = _wload(e, le + lde2)
+        c20 = _wload(c, lo + 2 * ldl)
+        c21 = _wload(e, le + 2 * lde2)
+        c30 = _wload(c, lo + 3 * ldl)
+        c31 = _wload(e, le + 3 * lde2)
+        c40 = _wload(c, lo + 4 * ldl)
+        c41 = _wload(e, le + 4 * lde2)
+        c50 = _wload(c, lo + 5 * ldl)
+        c51 = _wload(e, le + 5 * lde2)
     a1 = ao + lda
     a2 = a1 + lda
     a3 = a2 + lda
@@ -565,6 +608,12 @@ def _w4(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc, r):
 @njit(cache=CACHE, nogil=True, inline="always")
 def _w4x(a, ao, lda, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, r):
     """_w4 with the second panel's columns at e[eo] (rows lde apart), as _w6x."""
+    _w4xi(a, ao, lda, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, r, co, ldc, eo, lde)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _w4xi(a, ao, lda, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, r, lo, ldl, le, lde2):
+    """_w4x with init sources, as _w6xi."""
     l1 = lda if r > 1 else 0
     l2 = 2 * lda if r > 2 else l1
     l3 = 3 * lda if r > 3 else l2
@@ -577,17 +626,17 @@ def _w4x(a, ao, lda, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, r):
     c30 = _wzero()
     c31 = _wzero()
     if acc:
-        c00 = _wload(c, co)
-        c01 = _wload(e, eo)
+        c00 = _wload(c, lo)
+        c01 = _wload(e, le)
         if r > 1:
-            c10 = _wload(c, co + ldc)
-            c11 = _wload(e, eo + lde)
+            c10 = _wload(c, lo + ldl)
+            c11 = _wload(e, le + lde2)
         if r > 2:
-            c20 = _wload(c, co + 2 * ldc)
-            c21 = _wload(e, eo + 2 * lde)
+            c20 = _wload(c, lo + 2 * ldl)
+            c21 = _wload(e, le + 2 * lde2)
         if r > 3:
-            c30 = _wload(c, co + 3 * ldc)
-            c31 = _wload(e, eo + 3 * lde)
+            c30 = _wload(c, lo + 3 * ldl)
+            c31 = _wload(e, le + 3 * lde2)
     a1 = ao + l1
     a2 = ao + l2
     a3 = ao + l3
@@ -628,13 +677,19 @@ def _w1(a, ao, bp, bo, bo2, c, co, K, acc):
 @njit(cache=CACHE, nogil=True, inline="always")
 def _w1x(a, ao, bp, bo, bo2, c, co, e, eo, K, acc):
     """_w1 with the second panel's columns at e[eo], as _w6x."""
+    _w1xi(a, ao, bp, bo, bo2, c, co, e, eo, K, acc, co, eo)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def _w1xi(a, ao, bp, bo, bo2, c, co, e, eo, K, acc, lo, le):
+    """_w1x with init sources, as _w6xi."""
     c0 = _wzero()
     c1 = _wzero()
     d0 = _wzero()
     d1 = _wzero()
     if acc:
-        c0 = _wload(c, co)
-        c1 = _wload(e, eo)
+        c0 = _wload(c, lo)
+        c1 = _wload(e, le)
     K2 = K - K % 2
     for k in range(0, K2, 2):
         x = _wbload(a, ao + k)
@@ -652,14 +707,15 @@ def _w1x(a, ao, bp, bo, bo2, c, co, e, eo, K, acc):
 
 
 @njit(cache=CACHE, nogil=True)
-def _block(a, ao, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc, tile):
+def _block(a, ao, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc, tile, lo, ldl):
     """Rows i .. i+r-1 (r = 6, 1 .. 4) of C (at c[co], rows ldc apart), columns j0 .. j0+nj-1
     of the last panel of a width that is not a multiple of 16 (nj < 16), over kk k's: through
-    the tile (pgemm_at runs full panels' blocks inline)."""
+    the tile (pgemm_at runs full panels' blocks inline). With ``acc`` the block starts from
+    the one at c[lo] (rows ldl apart; C's own: lo = co, ldl = ldc), as _k6i."""
     if acc:
         for q in range(r):
             for j in range(nj):
-                tile[q * NR + j] = _fload(c, co + (i + q) * ldc + j0 + j)
+                tile[q * NR + j] = _fload(c, lo + (i + q) * ldl + j0 + j)
     if r == MR:
         _k6(a, ao, K, bp, bo, tile, 0, NR, kk, acc)
     elif r == 1:
@@ -672,26 +728,28 @@ def _block(a, ao, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc, tile):
 
 
 @njit(cache=CACHE, nogil=True)
-def _pair_tail(a, ao, K, bp, bo, bo2, c, co, ldc, i0, i1, j0, nj, kk, acc, tile):
+def _pair_tail(a, ao, K, bp, bo, bo2, c, co, ldc, i0, i1, j0, nj, kk, acc, tile, lo, ldl):
     """Rows i0 .. i1-1 of a full panel at column j0 and the last, partial one after it (nj <
     16 columns) at once, sixteen-wide as _w6/_w4: the partial panel's columns go through
     ``tile`` (the same bits as _k6/_block's; at N = 125, dx of bench320's backward, the last
-    two panels ran eight-wide before)."""
+    two panels ran eight-wide before). ``acc``, ``lo``, ``ldl`` as _block's."""
     i = i0
     while i < i1:
         r = MR if i + MR <= i1 and i1 - i != 8 else min(4, i1 - i)
         if acc:
             for q in range(r):
                 for j in range(nj):
-                    tile[q * NR + j] = _fload(c, co + (i + q) * ldc + j0 + NR + j)
+                    tile[q * NR + j] = _fload(c, lo + (i + q) * ldl + j0 + NR + j)
+        ic = co + i * ldc + j0
+        il = lo + i * ldl + j0
         if r == MR:
-            _w6x(a, ao + i * K, K, 1, bp, bo, bo2, c, co + i * ldc + j0, ldc, tile, 0, NR, kk,
-                 acc)
+            _w6xi(a, ao + i * K, K, 1, bp, bo, bo2, c, ic, ldc, tile, 0, NR, kk, acc, il, ldl,
+                  0, NR)
         elif r == 1:
-            _w1x(a, ao + i * K, bp, bo, bo2, c, co + i * ldc + j0, tile, 0, kk, acc)
+            _w1xi(a, ao + i * K, bp, bo, bo2, c, ic, tile, 0, kk, acc, il, 0)
         else:
-            _w4x(a, ao + i * K, K, bp, bo, bo2, c, co + i * ldc + j0, ldc, tile, 0, NR, kk, acc,
-                 r)
+            _w4xi(a, ao + i * K, K, bp, bo, bo2, c, ic, ldc, tile, 0, NR, kk, acc, r, il, ldl,
+                  0, NR)
         for q in range(r):
             for j in range(nj):
                 _fstore(c, co + (i + q) * ldc + j0 + NR + j, tile[q * NR + j])
@@ -702,14 +760,28 @@ def _pair_tail(a, ao, K, bp, bo, bo2, c, co, ldc, i0, i1, j0, nj, kk, acc, tile)
 def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=KCMAX, afloats=AFLOATS):
     """As ``pgemm``, C [M, N] starting at element ``co`` of ``c`` with rows ``ldc`` elements
     apart (a block of columns of a wider array)."""
+    pgemm_init(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, False, c, co, ldc, kcmax, afloats)
+
+
+@njit(cache=CACHE, nogil=True)
+def pgemm_init(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, init, ci, cio, ldci, kcmax=KCMAX,
+               afloats=AFLOATS):
+    """As ``pgemm_at``; with ``init``, C = I + A @ W for I [M, N] at element ``cio`` of ``ci``
+    (rows ``ldci`` apart; 0: one row for all, a bias): each element of C is then the chain
+    of FMAs over k that starts from I's element instead of zero. A step's recurrent product
+    starts from the step's input product, the input product from the bias (the kernels'
+    teams). The kernels load I's blocks at their offset from C's data pointer (one code
+    path: a second source array made the micro-kernels' loops 10% slower)."""
     kc = K
     if M > 96 and K > kcmax:
         kc = -(-K // -(-K // kcmax))
     mc = max(MR, (afloats // max(kc, 1)) // MR * MR)
+    ioff = (ci.ctypes.data - c.ctypes.data) // 4 + cio  # (float32: 4 bytes)
     k0 = 0
-    while True:  # at least once: K = 0 gives zeros
+    while True:  # at least once: K = 0 gives zeros (or I)
         kk = min(kc, K - k0)
-        acc = k0 > 0
+        acc = k0 > 0 or init
+        lb, ll = (ioff, ldci) if init and k0 == 0 else (co, ldc)
         for i0 in range(0, M, mc):
             i1 = min(M, i0 + mc)
             p = p0
@@ -721,22 +793,27 @@ def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=KCMAX, afloats=
                 if WIDE and p + 1 < p1 and j0 + 2 * NR <= N:  # two full panels at once
                     bo2 = bo + K * NR
                     while i + MR <= i1 and i1 - i != 8:
-                        _w6(a, ao + i * K + k0, K, bp, bo, bo2, c, co + i * ldc + j0, ldc, kk,
-                            acc)
+                        ic = co + i * ldc + j0
+                        il = lb + i * ll + j0
+                        _w6xi(a, ao + i * K + k0, K, 1, bp, bo, bo2, c, ic, ldc, c, ic + NR, ldc,
+                              kk, acc, il, ll, il + NR, ll)
                         i += MR
                     while i < i1:
                         r = min(4, i1 - i)
+                        ic = co + i * ldc + j0
+                        il = lb + i * ll + j0
                         if r == 1:
-                            _w1(a, ao + i * K + k0, bp, bo, bo2, c, co + i * ldc + j0, kk, acc)
+                            _w1xi(a, ao + i * K + k0, bp, bo, bo2, c, ic, c, ic + NR, kk, acc, il,
+                                  il + NR)
                         else:
-                            _w4(a, ao + i * K + k0, K, bp, bo, bo2, c, co + i * ldc + j0, ldc,
-                                kk, acc, r)
+                            _w4xi(a, ao + i * K + k0, K, bp, bo, bo2, c, ic, ldc, c, ic + NR,
+                                  ldc, kk, acc, r, il, ll, il + NR, ll)
                         i += r
                     p += 2
                     continue
                 if WIDE and p + 1 < p1 and j0 + NR < N:  # two panels, the second partial
                     _pair_tail(a, ao + k0, K, bp, bo, bo + K * NR, c, co, ldc, i0, i1, j0,
-                               N - j0 - NR, kk, acc, tile)
+                               N - j0 - NR, kk, acc, tile, lb, ll)
                     p += 2
                     continue
                 p += 1
@@ -745,25 +822,27 @@ def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=KCMAX, afloats=
                 # blocks of four: 6 + 2 would multiply 6 + 4)
                 if nj == NR:
                     while i + MR <= i1 and i1 - i != 8:
-                        _k6(a, ao + i * K + k0, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc)
+                        _k6i(a, ao + i * K + k0, K, bp, bo, c, co + i * ldc + j0, ldc, kk, acc,
+                             lb + i * ll + j0, ll)
                         i += MR
                     while i < i1:
                         r = min(4, i1 - i)
+                        ic = co + i * ldc + j0
+                        il = lb + i * ll + j0
                         if r == 1:
-                            _k1(a, ao + i * K + k0, bp, bo, c, co + i * ldc + j0, kk, acc)
+                            _k1i(a, ao + i * K + k0, bp, bo, c, ic, kk, acc, il)
                         else:
-                            _k4(a, ao + i * K + k0, K, bp, bo, c, co + i * ldc + j0, ldc, kk,
-                                acc, r)
+                            _k4i(a, ao + i * K + k0, K, bp, bo, c, ic, ldc, kk, acc, r, il, ll)
                         i += r
                     continue
                 while i + MR <= i1 and i1 - i != 8:
                     _block(a, ao + i * K + k0, K, bp, bo, c, co, ldc, i, MR, j0, nj, kk, acc,
-                           tile)
+                           tile, lb, ll)
                     i += MR
                 while i < i1:  # 1 .. 5 rows left: blocks of at most 4
                     r = min(4, i1 - i)
                     _block(a, ao + i * K + k0, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc,
-                           tile)
+                           tile, lb, ll)
                     i += r
         k0 += kc
         if k0 >= K:
@@ -1021,34 +1100,41 @@ def wait_exited(flags, spins):
 
 
 @njit(cache=CACHE, nogil=True)
-def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile):
-    """Product number ``seq`` (1, 2, ...) of a team: c = A @ W, the caller's side.
+def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile, bias):
+    """Product number ``seq`` (1, 2, ...) of a team: c = A @ W (+ ``bias`` [N] on every
+    row, unless it is empty), the caller's side.
 
     A [M, K] starts at element ``aoff`` of ``abase`` (the worker's base array too). This
     thread computes panels [0, split); panels [split, P) are the worker's unless it has not
     claimed them when this thread is done, then this thread computes them too.
     """
     team_post(flags, seq, aoff)
-    pgemm(abase, aoff, bp, c, M, K, N, 0, split, tile)
+    init = bias.shape[0] > 0
+    pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, 0, split, tile, init, bias, 0, 0, KCMAX,
+               AFLOATS)
     if team_claim(flags, seq):
-        pgemm(abase, aoff, bp, c, M, K, N, split, -(-N // NR), tile)
+        pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, split, -(-N // NR), tile, init, bias, 0,
+                   0, KCMAX, AFLOATS)
     else:
         team_wait(flags, seq)
 
 
 @njit(cache=CACHE, nogil=True)
-def team_worker(flags, abase, bp, c, M, K, N, split, tile):
+def team_worker(flags, abase, bp, c, M, K, N, split, tile, bias):
     """The worker's side of a team: until STOP, compute panels [split, P) of each posted
-    product it claims (A at ``abase`` + the posted offset). Returns the number computed."""
+    product it claims (A at ``abase`` + the posted offset; ``bias`` as team_step's). Returns
+    the number computed."""
     last = 0
     done = 0
+    init = bias.shape[0] > 0
     while True:
         s = team_next(flags, last)
         if s == 0:
             return done
         last = s
         if team_claim(flags, s):
-            pgemm(abase, flags[AOFF], bp, c, M, K, N, split, -(-N // NR), tile)
+            pgemm_init(abase, flags[AOFF], bp, c, 0, N, M, K, N, split, -(-N // NR), tile, init,
+                       bias, 0, 0, KCMAX, AFLOATS)
             team_done(flags, s)
             done += 1
 
