@@ -257,7 +257,8 @@ def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
     return max(rec, gown) < 0.85 * (rec + gnp)
 
 
-def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bias, ws, same):
+def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bias, ws, same,
+                 wihp):
     """Backward's products over all steps for one-stage cells without projection, as two
     halves at once (this thread and the worker): dW_ih and dW_hh by halves of their rows
     (or columns), dx by halves of its rows (added to it with ``tmp``: the second direction),
@@ -272,7 +273,8 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     is NumPy's OpenBLAS, on one thread in each half. When NumPy's OpenBLAS count cannot be
     set to one (a call from another thread), the halves run one after the other, as before.
     ``same``: dah2d is dax2d (a dah_is_dax cell): the halves sum half of its columns each,
-    for bias_ih, and bias_hh is a copy."""
+    for bias_ih, and bias_hh is a copy. ``wihp``: W_ih packed by columns (``_wih_cols``) or
+    None (dx by OpenBLAS)."""
     GH, G1H, M = dax2d.shape[1], dah2d.shape[1], dx2d.shape[0]
     dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
     dtype = dax2d.dtype
@@ -280,10 +282,8 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     wide = bool(kpacked.WIDE and kpacked.usable(dtype) and M)  # our kernels, not OpenBLAS
     p_ih = _tn_plan(dax2d, x2d, ws, "ih") if wide else None
     p_hh = _tn_plan(dah2d, hp2d, ws, "hh") if wide else None
-    wihp = None
-    if wide and dax2d.flags.c_contiguous and dx2d.flags.c_contiguous:
-        wihp = ws.get("b_wihcols", dtype, lambda T_, B_: (kpacked.packed_size(GH, I),))
-        kpacked.pack_cols(wih, wihp)
+    if not (dax2d.flags.c_contiguous and dx2d.flags.c_contiguous):
+        wihp = None
     xps = [_tn_scratch(ws, dtype, h, max(x2d.shape[1], GH, hp2d.shape[1], G1H))
            for h in (0, 1)] if (p_ih or p_hh) else None
     tiles = _team_buffers(ws, dtype)[1] if wihp is not None else None
@@ -331,6 +331,15 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
             half(1)
     if bias and same:
         dparams["bias_hh" + sfx][...] = dparams["bias_ih" + sfx]
+
+
+def _wih_cols(wih, ws, dtype, M):
+    """The workspace buffer for W_ih packed by columns (dx = dA W_ih on AVX-512 targets,
+    _split_grads), or None where dx goes to OpenBLAS."""
+    if not (kpacked.WIDE and kpacked.usable(dtype) and M):
+        return None
+    GH, I = wih.shape
+    return ws.get("b_wihcols", dtype, lambda T_, B_: (kpacked.packed_size(GH, I),))
 
 
 def _tn_plan(a2d, b2d, ws, tag):
@@ -414,12 +423,48 @@ def _packed_rows(pk, name, w, n, ws, dtype, blocks=1):
     return out
 
 
-def _team_input_product(wih, pk, in2d, gx2d, ws, dtype, flags, tiles, bias):
-    """gx2d = in2d @ W_ih^T + bias [G*H] by packed products on two threads (W_ih packed once
-    for prepared parameters, else into the workspace)."""
+#: bytes of each of two weight matrices from which a call packs them at once on the two
+#: threads (``overlap.run_pair``: forward's W_ih and W_hh by rows, backward's by columns)
+#: instead of one after the other. Measured as compare.py samples (0.3 s pause before each
+#: call, in-process A/B, LSTM training): wide1024 (16 MB each) 0.92 of the time, deepbench512
+#: (4 MB) 0.96, bench320 (0.6 and 1.6 MB) 1.01: waking the worker costs 0.1-0.3 ms.
+PAIR_PACK_BYTES = 2 << 20
+
+
+def _pair(a, b, big):
+    """Run the packing jobs ``a()`` and ``b()``: on the two threads at once if ``big``."""
+    if big:
+        overlap.run_pair(a, b)
+    else:
+        a()
+        b()
+
+
+def _team_packs(pk, group, ws, dtype, G1, H, B):
+    """W_ih packed by rows (the team's input product) and, for more than one item,
+    weight_hh[:G1*H] by rows gate by gate (its recurrent products; else the empty
+    ``no_wp``): cached in ``pk`` for prepared parameters, else into the workspace, the two
+    on two threads when both are large (PAIR_PACK_BYTES)."""
+    wih, whh = group["weight_ih"], group["weight_hh"]
+    GH = wih.shape[0]
+    out = [None, _team_buffers(ws, dtype)[2]]
+
+    def a():
+        out[0] = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
+
+    def b():
+        if B > 1:
+            out[1] = _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
+    fresh = pk is None or "wihp" not in pk
+    _pair(a, b, fresh and B > 1 and min(wih.nbytes, whh[:G1 * H].nbytes) >= PAIR_PACK_BYTES)
+    return out[0], out[1]
+
+
+def _team_input_product(wihp, in2d, gx2d, flags, tiles, bias):
+    """gx2d = in2d @ W_ih^T + bias [G*H] by packed products on two threads, over W_ih packed
+    by rows (``wihp``, from _team_packs)."""
     M, I = in2d.shape
     GH = gx2d.shape[1]
-    wihp = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
     split = -(-GH // kpacked.NR) // 2
     overlap.run_team(
         kpacked.team_worker, (flags, in2d, wihp, gx2d, M, I, GH, split, tiles[1], bias), flags,
@@ -686,8 +731,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     np.add(bih, bhh, out=binit)
                 else:
                     binit[...] = bih
-                _team_input_product(group["weight_ih"], pk, in2d, gx2d, ws, dtype, flags, tiles,
-                                    binit)
+                wihp, wp_team = _team_packs(pk, group, ws, dtype, G1, H, B)
+                _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
                 if pipe and kpacked.usable(dtype):  # the worker multiplies over packed W_ih
@@ -716,7 +761,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             whr = group["weight_hr"] if dims.proj_size else no_whr
             wp = no_wp
             if team and B > 1:  # packed weight_hh[:G1H] (packed once for prepared parameters)
-                wp = _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
+                wp = wp_team if T * B else _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
             if pk is not None and not team:  # prepared parameters: transposed once, in advance
                 w1c = pk["w1c"]
                 w2c = pk.get("w2c", w2c)
@@ -860,10 +905,17 @@ def run_backward(tape: Tape, dy, dstate_n):
             whh = group["weight_hh"]
             w1c = buf["w1c"]
             w1p = no_wp  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ it
+            # (and, on the team path, W_ih by columns for _split_grads' dx: both at once on
+            # the two threads when large)
+            wihp = _wih_cols(group["weight_ih"], ws, dtype, T * B) if team else None
             if (team and B > 1) or pown:
                 w1p = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
-                kpacked.pack_cols(whh[:G1H], w1p)
-            elif team:  # one item: _mmd over its transpose
+                _pair(lambda: kpacked.pack_cols(whh[:G1H], w1p),
+                      lambda: wihp is None or kpacked.pack_cols(group["weight_ih"], wihp),
+                      wihp is not None and min(w1p.nbytes, wihp.nbytes) >= PAIR_PACK_BYTES)
+            elif wihp is not None:
+                kpacked.pack_cols(group["weight_ih"], wihp)
+            if team and B == 1:  # one item: _mmd over its transpose
                 w1c = ws.get("b_w1c", dtype, lambda T_, B_: (Hr, G1H))
                 transpose_into(whh[:G1H], w1c)
             wp = w1p if team else no_wp
@@ -912,7 +964,7 @@ def run_backward(tape: Tape, dy, dstate_n):
                 tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n)) if d else None
                 _split_grads(dax2d, dah1.reshape(T * B, G1H), x2d,
                              buf["hp"][:T].reshape(T * B, Hr), group["weight_ih"], dx2d, tmp,
-                             dparams, sfx, ones, dims.bias, ws, same)
+                             dparams, sfx, ones, dims.bias, ws, same, wihp)
                 continue
             # weight gradients: one GEMM each over all T*B rows
             mm(dax2d.T, x2d, dparams["weight_ih" + sfx])

@@ -374,3 +374,25 @@ def test_team_loop_in_chunks_gives_the_same_results(cell, monkeypatch):
             out.append([y.copy(), dx.copy(), *(dp[k].copy() for k in sorted(dp))])
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_packing_on_two_threads_keeps_the_bits(cell, monkeypatch):
+    """Large weights are packed two at once on the two threads (forward's W_ih and W_hh by
+    rows, backward's by columns; network.PAIR_PACK_BYTES): the same bits as one after the
+    other, for inference and training, two layers and directions, a plain mapping."""
+    rng = np.random.default_rng(4)
+    p = gatecore.init_params(cell, 24, 40, num_layers=2, bidirectional=True, dtype=np.float32,
+                             seed=2)
+    x = rng.standard_normal((6, 5, 24)).astype(np.float32)
+    dy = rng.standard_normal((6, 5, 80)).astype(np.float32)
+    out = []
+    for limit in (0, 1 << 62):
+        monkeypatch.setattr(network, "PAIR_PACK_BYTES", limit)
+        with products_path("team"):
+            y_inf = gatecore.forward(cell, x, p, training=False)[0].copy()
+            y, _, tape = gatecore.forward(cell, x, p)
+            dx, _, dp = gatecore.backward(tape, dy)
+        out.append([y_inf, y.copy(), dx.copy(), *(dp[k].copy() for k in sorted(dp))])
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
