@@ -792,8 +792,9 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     wp2 = _packed_rows(pk, "w2p", whh[G1H:], G2H, ws, dtype)
                 if dims.proj_size:
                     wpr = _packed_rows(pk, "wrp", whr, dims.proj_size, ws, dtype)
-            args = (gx, bih, whh, w1c, w2c, bhh, whr, whrc, bool(dims.proj_size), ex, lengths,
-                    bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"], rows["ahr"],
+            args = (gx, bih, whh, w1c, w2c, bhh, zeros_bias, whr, whrc, bool(dims.proj_size), ex,
+                    lengths, bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"],
+                    rows["ahr"],
                     rows["spr"], rows["snr"], rows["ur"], rows["tpr"], y, d * Hr, own,
                     wp1, wp2, wpr, tiles[0])
             if ext:
