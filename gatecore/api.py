@@ -354,6 +354,8 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
                                    bool(training), bool(batch_first), unbatched, dtype,
                                    packed=packed,
                                    dropout=_dropout_plan(p_drop, rng, training, dims.num_layers))
+    if tape is not None and workspace is None:
+        tape.private = True
     return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
 
 
@@ -377,6 +379,10 @@ def backward(tape: Tape, dy=None, dstate_n=None):
         dL/d initial states (a length-0 sequence passes dstate_n through).
     dparams : dict
         Same keys and shapes as ``params``.
+
+    With a workspace passed to ``forward``, the results are views into it (valid until its
+    next use, the next ``backward`` included); without one, each call's results are arrays
+    of their own.
 
     Raises
     ------
@@ -440,6 +446,10 @@ def backward(tape: Tape, dy=None, dstate_n=None):
         out = ws.get("b_dx_bf", dtype, lambda T_, B_, n=dx.shape[2]: (B_, T_, n))
         np.copyto(out, dx.transpose(1, 0, 2))
         dx = out
+    if tape.private:  # (no workspace passed: each backward call's results are the caller's)
+        dx = dx.copy()
+        dstate0 = tuple(a.copy() for a in dstate0)
+        dparams = {k: a.copy() for k, a in dparams.items()}
     return dx, _out_state(dstate0, tape.unbatched), dparams
 
 

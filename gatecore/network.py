@@ -61,6 +61,7 @@ class Tape:
     team: bool = False  # forward ran packed products (no transposed copies w1c on the tape)
     packed_own: bool = False  # forward's own products ran packed (no transposed copies either)
     masks: list | None = None  # dropout: masks[k] [T, B, D*Hr], 0 or 1/(1-p), on layer k's output
+    private: bool = False  # the workspace is the call's own (none passed): backward copies out
 
     def check_fresh(self) -> None:
         """Raise :class:`StaleTapeError` if the workspace was reused since this tape was made."""
@@ -114,7 +115,7 @@ def _forward_views(ws, dtype, spec, dims, T, B, keep, tape_in_gx):
 def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E, H2, in_gx):
     GH, G1H = G * H, G1 * H
     v = {
-        "zero_bias": ws.get("zero_bias", dtype, lambda T_, B_: (GH,)),  # (zeroed per call)
+        "zero_bias": ws.get("zero_bias", dtype, lambda T_, B_: (GH,)),  # (-0.0, set per call)
         "binit": ws.get("binit", dtype, lambda T_, B_: (GH,)),  # (team input products' bias)
         "no_whr": ws.get("no_whr", dtype, lambda T_, B_: (0, H)),
         "state_n": tuple(
@@ -688,7 +689,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                            keep and not mod.AXB and not spec.two_stage)
     zeros_bias, no_whr, gh1, gh2, pbuf = (views[n] for n in ("zero_bias", "no_whr", "gh1",
                                                               "gh2", "pbuf"))
-    zeros_bias.fill(0)
+    zeros_bias.fill(-0.0)  # (an exact additive identity: x + -0.0 is x, also for x = -0.0)
     state_n = views["state_n"]
     own = own_products(spec, dims, B)
     team = team_products(spec, dims, B, dtype, keep)
@@ -793,8 +794,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 if dims.proj_size:
                     wpr = _packed_rows(pk, "wrp", whr, dims.proj_size, ws, dtype)
             args = (gx, bih, whh, w1c, w2c, bhh, zeros_bias, whr, whrc, bool(dims.proj_size), ex,
-                    lengths, bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf, rows["axr"],
-                    rows["ahr"],
+                    lengths, bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf,
+                    rows["axr"], rows["ahr"],
                     rows["spr"], rows["snr"], rows["ur"], rows["tpr"], y, d * Hr, own,
                     wp1, wp2, wpr, tiles[0])
             if ext:

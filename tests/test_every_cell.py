@@ -90,7 +90,7 @@ def test_prepared_params_give_the_same_results(name):
 @pytest.mark.parametrize("name", sorted(get_registry().cells()))
 def test_team_path_gives_the_same_results(name):
     """The team path (float32: each step's units split between two threads, packed products,
-    the cell's rule on compact copies of each half; gatecore.kernels.cpu_kernels.py.in)
+    the cell's rule in place over each half's rows; gatecore.kernels.cpu_kernels.py.in)
     matches the serial path for every cell: two layers, both directions, lengths with a 0,
     one batch item (products by _mmd) and several (packed), a hidden size whose second half
     is not whole panels (37) and one with an empty second half (5); with AVX-512, hidden

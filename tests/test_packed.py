@@ -128,7 +128,7 @@ np.savez({out!r}, *test_packed._pgemm_results())
 @pytest.mark.skipif(not kp.WIDE, reason="no AVX-512 target: only the eight-wide kernels")
 def test_avx2_and_avx512_kernels_give_the_same_bits(tmp_path):
     """A target without AVX-512 (NUMBA_CPU_FEATURES without it, in a child process) runs
-    the eight-wide kernels only; with AVX-512 pgemm pairs full panels (_w6, _w4, _w1).
+    the eight-wide kernels only; with AVX-512 pgemm pairs full panels (_w6s, _w4, _w1xi).
     Every element is the same chain of FMAs either way: the same bits, for every row
     remainder, odd panel ranges and a last panel that is not full."""
     import os

@@ -243,6 +243,8 @@ def test_dah_is_dax_is_checked():
 
     with pytest.raises(CellSpecError, match="rule 'forward' gives other results"):
         dataclasses.replace(LSTM, name="apart", forward=apart).check_rules()
+    # a tape slot that forward leaves unwritten (backward never reads it) is no difference
+    dataclasses.replace(LSTM, name="lstm_tape5", tape_size=5).check_rules()
 
 
 def test_peephole_to_onnx_order():
@@ -317,3 +319,29 @@ def test_backward_rule_that_reads_ax_gets_the_forward_pre_activations(rng, produ
     np.testing.assert_allclose(dx1, dx2, rtol=1e-12, atol=1e-14)
     for k in dp2:
         np.testing.assert_allclose(dp1[k], dp2[k], err_msg=k, rtol=1e-12, atol=1e-14)
+
+
+def test_team_path_for_cells_off_the_fused_route(rng):
+    """On the team path (float32, two threads) the cells that do not get the whole
+    pre-activation (not dah_is_dax: ax and ah apart, the tape through a scratch row when it
+    is gx; a backward that reads ax: gx keeps a_x with b_ih) give the LSTM's results: one
+    and two directions, lengths with a 0, one item and several, H = 37 (a partial panel)."""
+    from gatecore.cells.lstm import LSTM
+
+    specs = (dataclasses.replace(LSTM, name="lstm_apart", dah_is_dax=False), _lstm_tape_ah_g())
+    for D, B in ((1, 4), (2, 3), (1, 1)):
+        p = gatecore.init_params(LSTM, 6, 37, bidirectional=D == 2, dtype=np.float32, seed=3)
+        x = rng.standard_normal((6, B, 6)).astype(np.float32)
+        dy = rng.standard_normal((6, B, D * 37)).astype(np.float32)
+        lengths = [6, 3, 0, 5][:B]
+        with products_path("team"):
+            out = []
+            for cell in (LSTM, *specs):
+                y, _, tape = gatecore.forward(cell, x, p, lengths=lengths)
+                assert tape.team
+                dx, ds0, dp = gatecore.backward(tape, dy)
+                out.append([y.copy(), dx.copy(), *(s.copy() for s in ds0),
+                            *(dp[k].copy() for k in sorted(dp))])
+        for other in out[1:]:
+            for a, b in zip(out[0], other):
+                np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)

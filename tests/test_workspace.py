@@ -189,3 +189,20 @@ def test_host_buffers_start_and_end_on_cache_lines():
         assert a.ctypes.data % 64 == 0
         owner = a.base
         assert owner.nbytes >= -(-max(n * a.itemsize, 1) // 64) * 64 + 64
+
+
+def test_backward_twice_without_a_workspace_keeps_the_first_results(rng):
+    """Without a workspace, a second backward on the same tape leaves the first call's dx,
+    dstate0 and gradients as they were (each call's results are its own); with one, they
+    are views into it (documented)."""
+    p = gatecore.init_params("lstm", 5, 17, seed=0)
+    x = rng.standard_normal((4, 3, 5)).astype(np.float32)
+    y, _, tape = gatecore.forward("lstm", x, p)
+    dx1, ds1, g1 = gatecore.backward(tape, np.ones_like(y))
+    kept = [dx1.copy(), *(a.copy() for a in ds1), *(g1[k].copy() for k in sorted(g1))]
+    dx2, ds2, g2 = gatecore.backward(tape, 2 * np.ones_like(y))
+    now = [dx1, *ds1, *(g1[k] for k in sorted(g1))]
+    for a, b in zip(kept, now):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(g2["weight_ih_l0"], 2 * g1["weight_ih_l0"], rtol=1e-5, atol=1e-6)
+    assert not np.shares_memory(dx1, dx2)

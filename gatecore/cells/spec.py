@@ -181,15 +181,17 @@ class CellSpec:
         does (each gate's pre-activation is the sum ax + ah, so both parts get the same
         gradient). The CPU backend's BPTT then keeps one array for both in the forward
         direction: one write of [T, B, G*H] per call and one bias gradient's sum fewer, and
-        no dah buffer for unidirectional networks. Its forward, where the recurrent products
-        run on two threads (float32), hands such a cell's ``forward`` the whole
-        pre-activation ax + ah as ``ax`` and zeros as ``ah`` (if ``backward`` never reads
-        ax), so the forward rule must depend on the sum only. Only for one-stage cells
+        no dah buffer for unidirectional networks. Its forward (if ``backward`` never reads
+        ax) hands such a cell's ``forward`` the whole pre-activation ax + ah as one of
+        ``ax``, ``ah`` and zeros as the other (the sum as ``ax`` where the recurrent
+        products run on two threads, as ``ah`` on one thread), so the forward rule must
+        depend on the sum only (as dah equal to dax implies). Only for one-stage cells
         (``validate``); ``check_rules`` compares dah with dax, and the forward's results
-        with both inputs against those with the sum, on its trial inputs, for the spec a
-        cell registers and for each concrete spec its ``configure`` returns: a check on one
-        trial run, not a proof (a backward whose dah differs from dax only past some
-        threshold would pass it and train with wrong weight_hh and bias_hh gradients).
+        with both inputs against those with the sum either way, on its trial inputs, for
+        the spec a cell registers and for each concrete spec its ``configure`` returns: a
+        check on one trial run, not a proof (a backward whose dah differs from dax only
+        past some threshold would pass it and train with wrong weight_hh and bias_hh
+        gradients).
     """
 
     name: str
@@ -397,8 +399,8 @@ class CellSpec:
         leaves a state, the tape or ``u`` unwritten, and a backward that leaves a gradient
         unwritten or reads a tape value that forward never wrote (all caught by filling
         the outputs with NaN first); with ``dah_is_dax``, a backward whose dah differs from
-        its dax, or a forward whose results change when it gets ax + ah as ax and zeros as
-        ah.
+        its dax, or a forward whose results change when it gets ax + ah as ax or as ah and
+        zeros as the other.
 
         Raises
         ------
@@ -471,15 +473,16 @@ class CellSpec:
             raise CellSpecError(
                 f"{who}: dah_is_dax=True but rule 'backward' writes dah different from dax "
                 f"({bad} of {dax.size} values in a trial run); set dah_is_dax=False; {shapes}")
-        if self.dah_is_dax:  # the CPU teams pass ax + ah as ax and zeros as ah
-            sn2, tp2 = arr(S, H, fill=nan), arr(K * H, fill=nan)
-            call("forward", ax + ah, np.zeros(G * H), sp, ex, sn2, tp2)
-            if not (np.allclose(sn2, sn, rtol=1e-9, atol=1e-12)
-                    and np.allclose(tp2, tp, rtol=1e-9, atol=1e-12)):
-                raise CellSpecError(
-                    f"{who}: dah_is_dax=True but rule 'forward' gives other results when it "
-                    f"gets ax + ah as ax and zeros as ah (its gates must depend on the sum "
-                    f"only); set dah_is_dax=False; {shapes}")
+        if self.dah_is_dax:  # the CPU kernels pass the sum ax + ah as one and zeros as the other
+            for args in ((ax + ah, np.zeros(G * H)), (np.zeros(G * H), ax + ah)):
+                sn2, tp2 = arr(S, H, fill=nan), arr(K * H, fill=nan)
+                call("forward", *args, sp, ex, sn2, tp2)
+                if not (np.allclose(sn2, sn, rtol=1e-9, atol=1e-12, equal_nan=True)
+                        and np.allclose(tp2, tp, rtol=1e-9, atol=1e-12, equal_nan=True)):
+                    raise CellSpecError(
+                        f"{who}: dah_is_dax=True but rule 'forward' gives other results when "
+                        f"it gets ax + ah as ax or ah and zeros as the other (its gates must "
+                        f"depend on the sum only); set dah_is_dax=False; {shapes}")
         if self.supports_projection and not self.two_stage:  # (validate refuses the pair)
             self._check_projection(who, shapes, call, ax, ah, sp, ex, ds, du, (sn, tp),
                                    (dax, dah, dsp, dex))

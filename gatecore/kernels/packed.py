@@ -12,7 +12,7 @@ maps them to AVX2/FMA instructions; on a target without FMA they would become li
 slower), so gatecore uses them only where Numba targets AVX2 and FMA (``usable``).
 
 On a target with AVX-512 (``WIDE``; the Zen 5 EPYC here has full 512-bit FMA units) the
-micro-kernel takes two adjacent panels at once with sixteen-wide vectors (``_w6``: a 6 x 32
+micro-kernel takes two adjacent panels at once with sixteen-wide vectors (``_w6s``: a 6 x 32
 block in twelve zmm registers), which doubles the FMA work per instruction: one core
 reaches 186-212 GFLOP/s at the recurrent products' shapes against 90-111 with eight-wide
 vectors. The packed layout is the same either way, and every element of C is the same
@@ -99,7 +99,7 @@ def _target_has_fma(feats: set[str]) -> bool:
 _FEATURES = _target_features()
 _FMA = _target_has_fma(_FEATURES)
 #: the target has AVX-512 (F): pgemm_at multiplies two panels at once with 16-wide vectors
-#: (``_w6``). A compile-time constant of the kernels; Numba's cache keys its entries by the
+#: (``_w6s``). A compile-time constant of the kernels; Numba's cache keys its entries by the
 #: target's features, so a cache filled on another CPU is never used with the wrong value.
 WIDE = _FMA and "+avx512f" in _FEATURES
 
@@ -309,9 +309,9 @@ def prefetch(typingctx, arr, idx):
     def codegen(context, builder, sig, args):
         ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
                               ir.PointerType(ir.IntType(8)))
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]),
-            "llvm.prefetch.p0")
+        fn = builder.module.declare_intrinsic(
+            "llvm.prefetch", [ptr.type],
+            ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]))
         builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
         return context.get_dummy_value()
     return sig, codegen
@@ -505,20 +505,14 @@ def _k1i(a, ao, bp, bo, c, co, K, acc, lo):
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
-def _w6(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc):
+def _w6s(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, K, acc):
     """As _k6 over two full panels at once (AVX-512): C block [6, 32] at c[co] = (C if acc,
     else 0) + A @ [panel at bp[bo], panel at bp[bo2]], sixteen-wide vectors (twelve
     accumulators, two panel loads and six broadcasts per k). Each element is the same chain
     of FMAs over k as in _k6: the same bits. Measured on one core of the Zen 5 EPYC: 186-212
     GFLOP/s against _k6's 90-111 (60x320 @ 320x1280, 60x512 @ 512x2048, 48x128 @ 128x512).
-    A's rows are ``lda`` apart, its k consecutive (``_w6s`` for other strides)."""
-    _w6s(a, ao, lda, 1, bp, bo, bo2, c, co, ldc, K, acc)
-
-
-@njit(cache=CACHE, nogil=True, inline="always")
-def _w6s(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, K, acc):
-    """_w6 with A[r, k] at a[ao + r lda + k lk]: pgemm_tn packs A (X^T) k-major, six rows
-    per k side by side (lda 1, lk 6)."""
+    A[r, k] at a[ao + r lda + k lk]: pgemm_at's rows of A (lk 1), pgemm_tn's packed X^T
+    (k-major, six rows per k side by side: lda 1, lk 6)."""
     _w6x(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, c, co + 16, ldc, K, acc)
 
 
@@ -601,7 +595,7 @@ def _w6xi(a, ao, lda, lk, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, lo, ldl, 
 
 @njit(cache=CACHE, nogil=True, inline="always")
 def _w4(a, ao, lda, bp, bo, bo2, c, co, ldc, K, acc, r):
-    """Rows 0 .. r-1 (r <= 4) of a [4, 32] block as in _w6 (the same bits as _k4's)."""
+    """Rows 0 .. r-1 (r <= 4) of a [4, 32] block as in _w6s (the same bits as _k4's)."""
     _w4x(a, ao, lda, bp, bo, bo2, c, co, ldc, c, co + 16, ldc, K, acc, r)
 
 
@@ -669,20 +663,10 @@ def _w4xi(a, ao, lda, bp, bo, bo2, c, co, ldc, e, eo, lde, K, acc, r, lo, ldl, l
 
 
 @njit(cache=CACHE, nogil=True, inline="always")
-def _w1(a, ao, bp, bo, bo2, c, co, K, acc):
-    """One row of two panels, as _k1 (even and odd k apart: the same bits as _k1's)."""
-    _w1x(a, ao, bp, bo, bo2, c, co, c, co + 16, K, acc)
-
-
-@njit(cache=CACHE, nogil=True, inline="always")
-def _w1x(a, ao, bp, bo, bo2, c, co, e, eo, K, acc):
-    """_w1 with the second panel's columns at e[eo], as _w6x."""
-    _w1xi(a, ao, bp, bo, bo2, c, co, e, eo, K, acc, co, eo)
-
-
-@njit(cache=CACHE, nogil=True, inline="always")
 def _w1xi(a, ao, bp, bo, bo2, c, co, e, eo, K, acc, lo, le):
-    """_w1x with init sources, as _w6xi."""
+    """One row of two panels, as _k1 (even and odd k apart: the same bits as _k1's), the
+    second panel's columns at e[eo] (as _w6x); with ``acc`` starting from c[lo] and e[le]
+    (as _w6xi)."""
     c0 = _wzero()
     c1 = _wzero()
     d0 = _wzero()
@@ -730,7 +714,7 @@ def _block(a, ao, K, bp, bo, c, co, ldc, i, r, j0, nj, kk, acc, tile, lo, ldl):
 @njit(cache=CACHE, nogil=True)
 def _pair_tail(a, ao, K, bp, bo, bo2, c, co, ldc, i0, i1, j0, nj, kk, acc, tile, lo, ldl):
     """Rows i0 .. i1-1 of a full panel at column j0 and the last, partial one after it (nj <
-    16 columns) at once, sixteen-wide as _w6/_w4: the partial panel's columns go through
+    16 columns) at once, sixteen-wide as _w6s/_w4: the partial panel's columns go through
     ``tile`` (the same bits as _k6/_block's; at N = 125, dx of bench320's backward, the last
     two panels ran eight-wide before). ``acc``, ``lo``, ``ldl`` as _block's."""
     i = i0
@@ -776,7 +760,8 @@ def pgemm_init(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, init, ci, cio, ldci
     if M > 96 and K > kcmax:
         kc = -(-K // -(-K // kcmax))
     mc = max(MR, (afloats // max(kc, 1)) // MR * MR)
-    ioff = (ci.ctypes.data - c.ctypes.data) // 4 + cio  # (float32: 4 bytes)
+    # (ci: float32 as c, C-contiguous rows; its elements are counted from c's data pointer)
+    ioff = (np.int64(ci.ctypes.data) - np.int64(c.ctypes.data)) // 4 + cio
     k0 = 0
     while True:  # at least once: K = 0 gives zeros (or I)
         kk = min(kc, K - k0)
@@ -869,7 +854,7 @@ def pgemm_tn(x, xo, ldx, d, do, ldd, c, co, ldc, M, K, q0, q1, xp, dp):
     float32 and C-contiguous (elements counted from the data pointer). Columns go in pairs of
     16-column panels (32), so D must have whole pairs in the range. ``xp`` and ``dp`` are
     scratch of ``tn_scratch(32 (q1 - q0))`` elements. Goto-style blocking: per slice of
-    TN_KC steps, D's columns are packed as pairs of panels (_w6's layout) and X^T by blocks of
+    TN_KC steps, D's columns are packed as pairs of panels (_w6s's layout) and X^T by blocks of
     TN_MC rows (k-major in groups of six rows, each k's six values copied from one row of X;
     row by row, a transposing copy, ran 1.1-1.35x slower), then _w6s/_w4 run over them. C is
     written, not added to (K = 0: zeros). Measured on one core of the Zen 5 EPYC, half of
