@@ -116,7 +116,7 @@ def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E
     GH, G1H = G * H, G1 * H
     v = {
         "zero_bias": ws.get("zero_bias", dtype, lambda T_, B_: (GH,)),  # (-0.0, set per call)
-        "binit": ws.get("binit", dtype, lambda T_, B_: (GH,)),  # (team input products' bias)
+        "binit": ws.get("binit", dtype, lambda T_, B_: (GH,)),  # (b_ih + b_hh: FUSE teams)
         "no_whr": ws.get("no_whr", dtype, lambda T_, B_: (0, H)),
         "state_n": tuple(
             ws.get(f"state_n{s}", dtype, lambda T_, B_, w=(Hr if s == 0 else H): (L * D, B_, w))
@@ -432,32 +432,35 @@ def _packed_rows(pk, name, w, n, ws, dtype, blocks=1):
 PAIR_PACK_BYTES = 2 << 20
 
 
-def _pair(a, b, big):
-    """Run the packing jobs ``a()`` and ``b()``: on the two threads at once if ``big``."""
-    if big:
-        overlap.run_pair(a, b)
+def _pack_jobs(jobs):
+    """Run packing jobs, (fn, bytes packed) each: two at once on the two threads when both
+    pack PAIR_PACK_BYTES or more, otherwise one after the other."""
+    if len(jobs) == 2 and min(n for _, n in jobs) >= PAIR_PACK_BYTES:
+        overlap.run_pair(jobs[0][0], jobs[1][0])
     else:
-        a()
-        b()
+        for fn, _ in jobs:
+            fn()
 
 
 def _team_packs(pk, group, ws, dtype, G1, H, B):
     """W_ih packed by rows (the team's input product) and, for more than one item,
     weight_hh[:G1*H] by rows gate by gate (its recurrent products; else the empty
-    ``no_wp``): cached in ``pk`` for prepared parameters, else into the workspace, the two
-    on two threads when both are large (PAIR_PACK_BYTES)."""
+    ``no_wp``): cached in ``pk`` for prepared parameters, else into the workspace
+    (_pack_jobs)."""
     wih, whh = group["weight_ih"], group["weight_hh"]
     GH = wih.shape[0]
     out = [None, _team_buffers(ws, dtype)[2]]
+    cached = pk is not None and "wihp" in pk  # (nothing to pack: no second thread)
 
     def a():
         out[0] = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
 
     def b():
-        if B > 1:
-            out[1] = _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
-    fresh = pk is None or "wihp" not in pk
-    _pair(a, b, fresh and B > 1 and min(wih.nbytes, whh[:G1 * H].nbytes) >= PAIR_PACK_BYTES)
+        out[1] = _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
+    jobs = [(a, 0 if cached else wih.nbytes)]
+    if B > 1:
+        jobs.append((b, 0 if cached else whh[:G1 * H].nbytes))
+    _pack_jobs(jobs)
     return out[0], out[1]
 
 
@@ -724,15 +727,15 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             pk = packed[k][d] if packed is not None else None
             bih = group["bias_ih"] if dims.bias else zeros_bias
             bhh = group["bias_hh"] if dims.bias else zeros_bias
+            wp = no_wp  # (team: weight_hh[:G1H] packed gate by gate, for more than one item)
             if T * B and team:  # packed on two threads, no BLAS (see team_products)
                 # (gx = x W_ih^T + b_ih, + b_hh too for the kernels' FUSE cells: see
                 # _team_fwd_half in cpu_kernels.py.in)
-                binit = views["binit"]
+                binit = bih
                 if mod.FUSE:
+                    binit = views["binit"]
                     np.add(bih, bhh, out=binit)
-                else:
-                    binit[...] = bih
-                wihp, wp_team = _team_packs(pk, group, ws, dtype, G1, H, B)
+                wihp, wp = _team_packs(pk, group, ws, dtype, G1, H, B)
                 _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
@@ -760,9 +763,6 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             # _mmd) read them too, so a taped call keeps them per layer and direction
             whh = group["weight_hh"]
             whr = group["weight_hr"] if dims.proj_size else no_whr
-            wp = no_wp
-            if team and B > 1:  # packed weight_hh[:G1H] (packed once for prepared parameters)
-                wp = wp_team if T * B else _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
             if pk is not None and not team:  # prepared parameters: transposed once, in advance
                 w1c = pk["w1c"]
                 w2c = pk.get("w2c", w2c)
@@ -910,13 +910,13 @@ def run_backward(tape: Tape, dy, dstate_n):
             # (and, on the team path, W_ih by columns for _split_grads' dx: both at once on
             # the two threads when large)
             wihp = _wih_cols(group["weight_ih"], ws, dtype, T * B) if team else None
+            jobs = []
             if (team and B > 1) or pown:
                 w1p = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
-                _pair(lambda: kpacked.pack_cols(whh[:G1H], w1p),
-                      lambda: wihp is None or kpacked.pack_cols(group["weight_ih"], wihp),
-                      wihp is not None and min(w1p.nbytes, wihp.nbytes) >= PAIR_PACK_BYTES)
-            elif wihp is not None:
-                kpacked.pack_cols(group["weight_ih"], wihp)
+                jobs.append((lambda: kpacked.pack_cols(whh[:G1H], w1p), w1p.nbytes))
+            if wihp is not None:
+                jobs.append((lambda: kpacked.pack_cols(group["weight_ih"], wihp), wihp.nbytes))
+            _pack_jobs(jobs)
             if team and B == 1:  # one item: _mmd over its transpose
                 w1c = ws.get("b_w1c", dtype, lambda T_, B_: (Hr, G1H))
                 transpose_into(whh[:G1H], w1c)
