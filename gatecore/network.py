@@ -274,8 +274,8 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     is NumPy's OpenBLAS, on one thread in each half. When NumPy's OpenBLAS count cannot be
     set to one (a call from another thread), the halves run one after the other, as before.
     ``same``: dah2d is dax2d (a dah_is_dax cell): the halves sum half of its columns each,
-    for bias_ih, and bias_hh is a copy. ``wihp``: W_ih packed by columns (``_wih_cols``) or
-    None (dx by OpenBLAS)."""
+    for bias_ih, and bias_hh is a copy. ``wihp``: W_ih packed by columns (``_wih_cols``, which
+    checks that dax2d and dx2d are C-contiguous) or None (dx by OpenBLAS)."""
     GH, G1H, M = dax2d.shape[1], dah2d.shape[1], dx2d.shape[0]
     dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
     dtype = dax2d.dtype
@@ -283,8 +283,6 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     wide = bool(kpacked.WIDE and kpacked.usable(dtype) and M)  # our kernels, not OpenBLAS
     p_ih = _tn_plan(dax2d, x2d, ws, "ih") if wide else None
     p_hh = _tn_plan(dah2d, hp2d, ws, "hh") if wide else None
-    if not (dax2d.flags.c_contiguous and dx2d.flags.c_contiguous):
-        wihp = None
     xps = [_tn_scratch(ws, dtype, h, max(x2d.shape[1], GH, hp2d.shape[1], G1H))
            for h in (0, 1)] if (p_ih or p_hh) else None
     tiles = _team_buffers(ws, dtype)[1] if wihp is not None else None
@@ -334,10 +332,11 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
         dparams["bias_hh" + sfx][...] = dparams["bias_ih" + sfx]
 
 
-def _wih_cols(wih, ws, dtype, M):
-    """The workspace buffer for W_ih packed by columns (dx = dA W_ih on AVX-512 targets,
-    _split_grads), or None where dx goes to OpenBLAS."""
-    if not (kpacked.WIDE and kpacked.usable(dtype) and M):
+def _wih_cols(wih, ws, dtype, dax, dx2d):
+    """The workspace buffer for W_ih packed by columns (dx2d = dax W_ih on AVX-512 targets,
+    _split_grads: it reads both C-contiguous), or None where dx goes to OpenBLAS."""
+    if not (kpacked.WIDE and kpacked.usable(dtype) and dx2d.shape[0]
+            and dax.flags.c_contiguous and dx2d.flags.c_contiguous):
         return None
     GH, I = wih.shape
     return ws.get("b_wihcols", dtype, lambda T_, B_: (kpacked.packed_size(GH, I),))
@@ -553,9 +552,13 @@ def _products(own: bool, ext: bool):
     return gemm, gemm_acc
 
 
+#: the scratch rows a team's halves use (the teams' rules work in place on the big arrays)
+_TEAM_ROWS = ("tpr", "dahr", "spr", "snr", "dsr", "dspr", "dur", "exr", "dexr")
+
+
 def _rows(ws, dtype, spec, H, prefix="r_"):
     """Per-item scratch rows the kernels copy one batch item into (see cpu_kernels.py.in);
-    a team's worker thread has its own set (``prefix`` "r1_")."""
+    a team's worker thread has its own set (``prefix`` "r1_": only ``_TEAM_ROWS``)."""
     G, S, K = spec.num_gates, spec.num_states, spec.tape_size
     E = spec.num_extra
     return ws.fixed(("rows", prefix, dtype, G, S, K, E, H),
@@ -566,7 +569,8 @@ def _make_rows(ws, dtype, G, S, K, E, H, prefix):
     shapes = dict(axr=(G * H,), ahr=(G * H,), daxr=(G * H,), dahr=(G * H,), tpr=(K * H,),
                   spr=(S, H), snr=(S, H), dsr=(S, H), dspr=(S, H), ur=(H,), dur=(H,),
                   exr=(E, H), dexr=(E, H))
-    return {n: ws.get(prefix + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()}
+    return {n: ws.get(prefix + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()
+            if prefix != "r1_" or n in _TEAM_ROWS}
 
 
 def _usable_as_is(arr, dtype) -> bool:
@@ -909,7 +913,7 @@ def run_backward(tape: Tape, dy, dstate_n):
             w1p = no_wp  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ it
             # (and, on the team path, W_ih by columns for _split_grads' dx: both at once on
             # the two threads when large)
-            wihp = _wih_cols(group["weight_ih"], ws, dtype, T * B) if team else None
+            wihp = _wih_cols(group["weight_ih"], ws, dtype, dax, dx2d) if team else None
             jobs = []
             if (team and B > 1) or pown:
                 w1p = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
