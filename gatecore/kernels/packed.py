@@ -300,38 +300,32 @@ def _acas(typingctx, arr, idx, old, new):
     return sig, codegen
 
 
-@intrinsic
-def prefetch(typingctx, arr, idx):
-    """Hint that element ``idx`` of ``arr`` (counted from its data pointer) will be read soon
-    (LLVM's prefetch: into all cache levels; no effect on results, never faults)."""
-    sig = types.void(arr, idx)
-
+def _prefetch_codegen(locality):
+    """Codegen of LLVM's prefetch (a read) of an array element, with ``locality`` 0-3."""
     def codegen(context, builder, sig, args):
         ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
                               ir.PointerType(ir.IntType(8)))
         fn = builder.module.declare_intrinsic(
             "llvm.prefetch", [ptr.type],
             ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]))
-        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
+        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, locality),
+                          ir.Constant(_I32, 1)])
         return context.get_dummy_value()
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, arr, idx):
+    """Hint that element ``idx`` of ``arr`` (counted from its data pointer) will be read soon
+    (LLVM's prefetch: into all cache levels; no effect on results, never faults)."""
+    return types.void(arr, idx), _prefetch_codegen(3)
 
 
 @intrinsic
 def prefetch_l2(typingctx, arr, idx):
     """As ``prefetch``, into the second-level cache (and the levels beyond it), not the
     first (LLVM's prefetch with locality 2)."""
-    sig = types.void(arr, idx)
-
-    def codegen(context, builder, sig, args):
-        ptr = builder.bitcast(_elem_ptr(context, builder, sig.args[0], args[0], args[1]),
-                              ir.PointerType(ir.IntType(8)))
-        fn = builder.module.declare_intrinsic(
-            "llvm.prefetch", [ptr.type],
-            ir.FunctionType(ir.VoidType(), [ptr.type, _I32, _I32, _I32]))
-        builder.call(fn, [ptr, ir.Constant(_I32, 0), ir.Constant(_I32, 2), ir.Constant(_I32, 1)])
-        return context.get_dummy_value()
-    return sig, codegen
+    return types.void(arr, idx), _prefetch_codegen(2)
 
 
 @intrinsic
