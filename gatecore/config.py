@@ -30,6 +30,8 @@ from pathlib import Path
 __all__ = ["cache_dir", "use_disk_cache", "plugin_autoload", "FASTMATH"]
 
 #: fastmath stays off: it lets LLVM assume no NaN/inf, which would break NaN propagation.
+#: (The CPU kernels that run the rules allow fused multiply-adds alone, "contract": see
+#: RULE_MATH in gatecore/kernels/cpu_kernels.py.in.)
 FASTMATH = False
 
 

@@ -131,11 +131,12 @@ class _Fail(Exception):
 
 
 # --------------------------------------------------------------------------- helpers
-def _close(what: str, got, want, atol: float, rtol: float = 0.0) -> float:
-    """Raise _Fail naming ``what`` and the worst index if ``got`` and ``want`` differ."""
+def _close(what: str, got, want, atol: float, rtol: float = 0.0, note: str = "") -> float:
+    """Raise _Fail naming ``what``, the worst index and ``note`` (what was compared) if
+    ``got`` and ``want`` differ."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     if got.shape != want.shape:
-        raise _Fail(f"{what}: shape {list(got.shape)}, expected {list(want.shape)}")
+        raise _Fail(f"{what}{note}: shape {list(got.shape)}, expected {list(want.shape)}")
     if got.size == 0:
         return 0.0
     err = np.abs(got - want)
@@ -144,7 +145,7 @@ def _close(what: str, got, want, atol: float, rtol: float = 0.0) -> float:
     if bad.any():
         idx = tuple(int(i) for i in np.unravel_index(
             int(np.argmax(np.where(bad, np.nan_to_num(err, nan=np.inf), -1))), err.shape))
-        raise _Fail(f"{what}{list(idx)}: got {got[idx]:.9g}, expected {want[idx]:.9g} "
+        raise _Fail(f"{what}{list(idx)}{note}: got {got[idx]:.9g}, expected {want[idx]:.9g} "
                     f"(|diff| {err[idx]:.3g} > {bound[idx]:.3g}; {int(bad.sum())} of {bad.size} entries off)")
     return float(np.max(err))
 
@@ -308,8 +309,8 @@ def _gradcheck(c: _Cell, T, B, I, H, L, D, P, lengths, eps=1e-6) -> tuple[float,
             num[n] = (lp - lm) / (2 * eps)
         num = num.reshape(arr.shape)
         scale = max(1.0, float(np.max(np.abs(num))))
-        worst = max(worst, _close(f"d{label} (analytic vs finite differences)", analytic, num,
-                                  2e-6 * scale, 1e-5))
+        worst = max(worst, _close(f"d{label}", analytic, num, 2e-6 * scale, 1e-5,
+                                  " (analytic vs finite differences)"))
         count += arr.size
 
     fd("x", x, r["dx"], lambda: (x, p, s0))
