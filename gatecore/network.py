@@ -217,6 +217,24 @@ def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool)
             and (not training or blas.numpy_blas_available()))
 
 
+#: multiply-adds of backward's products over all steps (T * B * G*H * (input size + Hr):
+#: dW_ih and dx, dW_hh) from which a float32 training call whose steps are not a team's (one
+#: item, or small steps over many) runs them as two halves on the two threads as well
+#: (``_split_grads``: the packed kernels on AVX-512, NumPy's OpenBLAS on one thread each
+#: otherwise) instead of by NumPy's OpenBLAS on its own threads. Measured in-process A/B,
+#: LSTM T=1000, B=1, H=I=128 (131M): backward 0.96 of the time on an idle host, 0.37 with
+#: another process busy (OpenBLAS's spinning pool suffers most from a shared core).
+SPLIT_MACS = 1 << 25
+
+
+def split_grads(spec: CellSpec, dims: Dims, rows: int, din: int, dtype) -> bool:
+    """Whether backward's products over all steps (``rows`` = T * B of them, layer input
+    size ``din``) run as two halves (``_split_grads``) on a call that is not a team's."""
+    return (kpacked.usable(dtype) and not spec.two_stage and not dims.proj_size
+            and rows * spec.num_gates * dims.hidden_size * (din + dims.hr) >= SPLIT_MACS
+            and blas.numpy_blas_available())
+
+
 #: input-product multiply-adds (T * B * G*H * input size) from which an inference call whose
 #: steps use the kernels' own products computes each layer's input product on a second core,
 #: chunk by chunk, while the layer's time loop runs (gatecore.overlap). Handing chunks to a
@@ -913,7 +931,8 @@ def run_backward(tape: Tape, dy, dstate_n):
             w1p = no_wp  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ it
             # (and, on the team path, W_ih by columns for _split_grads' dx: both at once on
             # the two threads when large)
-            wihp = _wih_cols(group["weight_ih"], ws, dtype, dax, dx2d) if team else None
+            split = team or split_grads(spec, dims, T * B, Din, dtype)
+            wihp = _wih_cols(group["weight_ih"], ws, dtype, dax, dx2d) if split else None
             jobs = []
             if (team and B > 1) or pown:
                 w1p = ws.get("b_w1p", dtype, lambda T_, B_: (kpacked.packed_size(G1H, Hr),))
@@ -966,7 +985,7 @@ def run_backward(tape: Tape, dy, dstate_n):
                 dparams[prefix + sfx][...] = dex_buf[r:r + n].reshape(-1)
                 r += n
             dax2d = dax.reshape(T * B, GH)
-            if team:  # in two halves on two threads, one OpenBLAS thread each
+            if split:  # in two halves on two threads, one OpenBLAS thread each
                 tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n)) if d else None
                 _split_grads(dax2d, dah1.reshape(T * B, G1H), x2d,
                              buf["hp"][:T].reshape(T * B, Hr), group["weight_ih"], dx2d, tmp,

@@ -396,3 +396,36 @@ def test_packing_on_two_threads_keeps_the_bits(cell, monkeypatch):
         out.append([y_inf, y.copy(), dx.copy(), *(dp[k].copy() for k in sorted(dp))])
     for a, b in zip(*out):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_lstm"])
+@pytest.mark.parametrize("B", [1, 3])
+def test_split_backward_products_off_the_team_path(cell, B, monkeypatch):
+    """Training whose steps are not a team's (one item, or small steps) runs backward's
+    products over all steps as two halves above network.SPLIT_MACS: the same gradients (to
+    float32 rounding) as NumPy's OpenBLAS below it, for every one-stage cell, two layers,
+    both directions, lengths, dy and dh_n/dc_n."""
+    from gatecore.registry.manager import get_registry
+
+    if cell not in get_registry().cells():
+        pytest.skip(f"{cell} not registered")
+    rng = np.random.default_rng(5)
+    p = gatecore.init_params(cell, 6, 16, num_layers=2, bidirectional=True, seed=2)
+    x = rng.standard_normal((40, B, 6)).astype(np.float32)
+    dy = rng.standard_normal((40, B, 32)).astype(np.float32)
+    lengths = [40, 17, 1][:B]
+    S = get_registry().get(cell).num_states
+    dsn = tuple(rng.standard_normal((4, B, 16)).astype(np.float32) for _ in range(S))
+    calls = []
+    orig = network._split_grads
+    monkeypatch.setattr(network, "_split_grads", lambda *a: calls.append(1) or orig(*a))
+    out = {}
+    for macs in (1 << 62, 0):
+        monkeypatch.setattr(network, "SPLIT_MACS", macs)
+        y, _, tape = gatecore.forward(cell, x, p, lengths=lengths)
+        assert not tape.team
+        dx, ds0, dp = gatecore.backward(tape, dy, dsn)
+        out[macs] = [dx.copy(), *(s.copy() for s in ds0), *(dp[k].copy() for k in sorted(dp))]
+    assert len(calls) == 4  # (two layers, two directions; none without the split)
+    for a, b in zip(out[1 << 62], out[0]):
+        np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(a).max()))
