@@ -122,8 +122,45 @@ def _suffix(layer: int, reverse: bool) -> str:
     return f"_l{layer}" + ("_reverse" if reverse else "")
 
 
+_ONNX_DEFAULT_ACTIVATIONS = {"lstm": ("sigmoid", "tanh", "tanh"), "gru": ("sigmoid", "tanh")}
+
+
+def _onnx_attributes(cell, layout, attributes):
+    """Check an ONNX LSTM/GRU node's attributes that gatecore's cells cannot vary."""
+    if layout not in (0, 1):
+        raise ValueError(f"layout must be 0 or 1 (ONNX's LSTM/GRU attribute), got {layout!r}")
+    for name, value in attributes.items():
+        if name == "clip":
+            if value is not None:
+                raise ValueError(f"the ONNX attribute clip={value!r} (cell input clipping) is not "
+                                 "supported: gatecore's cells are PyTorch's, which do not clip")
+        elif name == "input_forget":
+            if value not in (0, False, None):
+                raise ValueError("the ONNX attribute input_forget=1 (coupled input and forget "
+                                 "gates) is not supported by gatecore's LSTM; a CIFG cell is "
+                                 "a plugin (see README, 'Your own cell')")
+        elif name == "activations":
+            names = tuple((v.decode() if isinstance(v, bytes) else str(v)).lower()
+                          for v in (value or ()))
+            base = _ONNX_DEFAULT_ACTIVATIONS[cell]
+            if names and names not in (base, base * 2):
+                raise ValueError(f"the ONNX attribute activations={list(names)} is not supported: "
+                                 f"gatecore's {cell.upper()} uses ONNX's defaults {list(base)}")
+        elif name in ("activation_alpha", "activation_beta"):
+            if value is not None and len(value):
+                raise ValueError(f"the ONNX attribute {name}={value!r} is not supported "
+                                 "(gatecore's activations take no parameters)")
+        elif name == "P":
+            raise ValueError("ONNX's LSTM peepholes P are not part of gatecore's LSTM: use the "
+                             "peephole_lstm plugin's cell (gatecore_peephole.to_onnx documents "
+                             "its P order)")
+        else:
+            raise TypeError(f"from_onnx() got an unexpected keyword argument {name!r}")
+
+
 def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
-              direction: str | None = None, layer: int = 0) -> tuple[dict, dict]:
+              direction: str | None = None, layer: int = 0, hidden_size: int | None = None,
+              layout: int = 0, **attributes) -> tuple[dict, dict]:
     """gatecore parameters from the inputs of an ONNX ``LSTM`` or ``GRU`` node.
 
     Parameters
@@ -147,6 +184,15 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     layer : int
         Layer index k of the keys produced (``weight_ih_l{k}``...): merge the dicts of a stack
         of nodes, one per layer.
+    hidden_size, layout : optional
+        The node's attributes, checked (hidden_size against W; layout 0 or 1, the same
+        weights either way), so that a node's attributes can be passed as they are
+        (``**{a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}``).
+    **attributes
+        The node's other attributes: ``activations`` (with ``activation_alpha``/``beta``) at
+        ONNX's defaults (LSTM Sigmoid, Tanh, Tanh; GRU Sigmoid, Tanh; per direction) and
+        ``input_forget=0`` are accepted; ``clip``, other activations and ``input_forget=1``
+        change the cell and are refused (gatecore's cells are PyTorch's).
 
     Returns
     -------
@@ -163,7 +209,12 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     Raises
     ------
     ValueError
-        Unknown ``op_type``, ``direction`` or ``linear_before_reset``, or a reverse-only node.
+        Unknown ``op_type``, ``direction``, ``linear_before_reset`` or ``layout``, a
+        reverse-only node, a ``hidden_size`` that W contradicts, or an attribute gatecore
+        cannot honour (``clip``, non-default ``activations``, ``input_forget=1``; ONNX's
+        peepholes ``P`` are an input of the ``peephole_lstm`` plugin's cell).
+    TypeError
+        An unknown keyword.
     ShapeError (ValueError), DTypeError (TypeError)
         An array of the wrong shape or dtype (complex, object, ...).
 
@@ -171,7 +222,9 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     -----
     ONNX operators LSTM and GRU (opset 7-22); the ONNX outputs ``Y`` [T, D, B, H] are
     gatecore's ``y`` [T, B, D*H] after ``Y.transpose(0, 2, 1, 3).reshape(T, B, D*H)``;
-    ``Y_h``/``Y_c`` are ``h_n``/``c_n``; ``sequence_lens`` is ``lengths``. The weights are
+    ``Y_h``/``Y_c`` are ``h_n``/``c_n``; ``sequence_lens`` is ``lengths`` (one difference:
+    for a sequence of length 0, ONNX Runtime returns ``Y_h``/``Y_c`` of zeros where gatecore's
+    ``h_n``/``c_n`` are the initial states, its rule for every length). The weights are
     the same for the node's ``layout`` attribute 0 and 1; with ``layout=1`` (opset 14) X is
     [B, T, I] (gatecore's ``batch_first=True``), ``Y`` [B, T, D, H] is ``y.reshape(B, T, D,
     H)``, but ``initial_h``/``Y_h`` are [B, D, H] where gatecore's ``h0``/``h_n`` stay
@@ -179,6 +232,7 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     """
     cell = _cell(op_type)
     G = _GATES[cell]
+    _onnx_attributes(cell, layout, attributes)
     W = _float("W", W)
     R = _float("R", R)
     if W.ndim != 3:
@@ -187,6 +241,8 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     if D not in (1, 2) or GH % G or GH == 0:
         raise ShapeError(f"W must have shape [1 or 2, {G}*hidden_size, input_size], got {list(W.shape)}")
     H = GH // G
+    if hidden_size is not None and hidden_size != H:
+        raise ValueError(f"hidden_size={hidden_size!r} but W's {GH} rows are {G} gates of {H}")
     _shape("R", R, (D, GH, H), f"[num_directions, G*hidden_size, hidden_size], hidden_size {H} "
            f"from W's {GH} rows / {G} {cell.upper()} gates (is op_type {op_type!r} right?)")
     if R.dtype != W.dtype:

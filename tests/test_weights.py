@@ -257,3 +257,38 @@ def test_from_onnx_reads_attributes_as_onnx_gives_them():
                                         linear_before_reset=attrs["linear_before_reset"])
     assert options == {"reset_after": True} and "weight_ih_l0_reverse" in params
     del onnx
+
+
+def test_from_onnx_takes_a_nodes_attributes_and_refuses_what_it_cannot_honour():
+    """A node's attributes pass as they are (hidden_size, layout and default activations
+    checked); clip, other activations, input_forget=1 and peepholes are refused by name."""
+    pytest.importorskip("onnx")
+    from onnx import helper
+
+    W, R = np.ones((2, 8, 3)), np.ones((2, 8, 2))
+    node = helper.make_node("LSTM", ["X", "W", "R"], ["Y"], hidden_size=2, layout=1,
+                            direction="bidirectional", input_forget=0,
+                            activations=["Sigmoid", "Tanh", "Tanh"] * 2)
+    attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    params, options = weights.from_onnx(node.op_type, W, R, **attrs)
+    assert options == {} and "weight_hh_l0_reverse" in params
+    for bad, match in ((dict(clip=3.0), "clip"), (dict(input_forget=1), "input_forget"),
+                       (dict(activations=[b"Relu", b"Tanh", b"Tanh"]), "activations"),
+                       (dict(activation_alpha=[0.5]), "activation_alpha"),
+                       (dict(P=np.ones((2, 6))), "peephole"), (dict(hidden_size=3), "hidden_size"),
+                       (dict(layout=2), "layout")):
+        with pytest.raises(ValueError, match=match):
+            weights.from_onnx("LSTM", W, R, **bad)
+    with pytest.raises(TypeError, match="peepholes"):
+        weights.from_onnx("LSTM", W, R, peepholes=1)
+
+
+def test_peephole_to_onnx_refuses_projection_and_names_missing_keys():
+    gp = pytest.importorskip("gatecore_peephole")
+    p = gatecore.init_params("peephole_lstm", 3, 4, proj_size=2, seed=1)
+    with pytest.raises(ValueError, match="projection"):
+        gp.to_onnx(p)
+    with pytest.raises(ParameterError, match="weight_peephole_l0"):
+        gp.to_onnx(gatecore.init_params("lstm", 3, 4))
+    with pytest.raises(ParameterError, match="weight_ih_l5"):
+        gp.to_onnx(gatecore.init_params("peephole_lstm", 3, 4), layer=5)

@@ -110,8 +110,24 @@ def to_onnx(params, layer: int = 0, reverse: bool = False) -> dict[str, np.ndarr
         ``B`` [8H] (Wb then Rb, same order), ``P`` [3H] = ``[p_i, p_o, p_f]``, i.e.
         ``weight_peephole[[0, 2, 1]]`` by blocks of H. Add a leading axis of size
         num_directions for the ONNX node.
+
+    Raises
+    ------
+    gatecore.ParameterError (ValueError)
+        ``params`` lacks a key of this layer and direction (names them and the keys given).
+    ValueError
+        ``params`` has a projection (``weight_hr``): ONNX's LSTM has none.
     """
     sfx = f"_l{layer}" + ("_reverse" if reverse else "")
+    need = ["weight_ih" + sfx, "weight_hh" + sfx, "weight_peephole" + sfx]
+    missing = [k for k in need if k not in params]
+    if missing:
+        raise gatecore.ParameterError(
+            f"params has no {', '.join(missing)} (peephole_lstm layer {layer}"
+            f"{', reverse' if reverse else ''}); keys given: {sorted(params)}")
+    if "weight_hr" + sfx in params:
+        raise ValueError(f"ONNX's LSTM has no projection (LSTM proj_size); params has "
+                         f"weight_hr{sfx}")
     w_ih = np.asarray(params["weight_ih" + sfx])
     H = w_ih.shape[0] // 4
 
