@@ -217,8 +217,9 @@ def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool)
             and (not training or blas.numpy_blas_available()))
 
 
-#: multiply-adds of backward's products over all steps (T * B * G*H * (input size + Hr):
-#: dW_ih and dx, dW_hh) from which a float32 training call whose steps are not a team's (one
+#: multiply-adds of each of backward's products over all steps (T * B * G*H * input size for
+#: dW_ih and dx, T * B * G*H * Hr for dW_hh; their sum, T * B * G*H * (input size + Hr), is
+#: compared) from which a float32 training call whose steps are not a team's (one
 #: item, or small steps over many) runs them as two halves on the two threads as well
 #: (``_split_grads``: the packed kernels on AVX-512, NumPy's OpenBLAS on one thread each
 #: otherwise) instead of by NumPy's OpenBLAS on its own threads. Measured in-process A/B,

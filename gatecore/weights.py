@@ -125,11 +125,15 @@ def _suffix(layer: int, reverse: bool) -> str:
 _ONNX_DEFAULT_ACTIVATIONS = {"lstm": ("sigmoid", "tanh", "tanh"), "gru": ("sigmoid", "tanh")}
 
 
-def _onnx_attributes(cell, layout, attributes):
-    """Check an ONNX LSTM/GRU node's attributes that gatecore's cells cannot vary."""
+def _onnx_attributes(cell, layout, attributes, D):
+    """Check an ONNX LSTM/GRU node's attributes that gatecore's cells cannot vary (D: the
+    node's number of directions)."""
     if layout not in (0, 1):
         raise ValueError(f"layout must be 0 or 1 (ONNX's LSTM/GRU attribute), got {layout!r}")
+    lstm_only = ("input_forget", "P")
     for name, value in attributes.items():
+        if cell != "lstm" and name in lstm_only:
+            raise TypeError(f"from_onnx() got {name!r}, an attribute of ONNX's LSTM, not of its GRU")
         if name == "clip":
             if value is not None:
                 raise ValueError(f"the ONNX attribute clip={value!r} (cell input clipping) is not "
@@ -140,10 +144,15 @@ def _onnx_attributes(cell, layout, attributes):
                                  "gates) is not supported by gatecore's LSTM; a CIFG cell is "
                                  "a plugin (see README, 'Your own cell')")
         elif name == "activations":
+            if isinstance(value, (str, bytes)):
+                value = [value]
             names = tuple((v.decode() if isinstance(v, bytes) else str(v)).lower()
                           for v in (value or ()))
             base = _ONNX_DEFAULT_ACTIVATIONS[cell]
-            if names and names not in (base, base * 2):
+            if names and names != base * D:
+                if names in (base, base * 2):
+                    raise ValueError(f"activations has {len(names)} names for {D} direction(s); "
+                                     f"ONNX wants {len(base)} per direction")
                 raise ValueError(f"the ONNX attribute activations={list(names)} is not supported: "
                                  f"gatecore's {cell.upper()} uses ONNX's defaults {list(base)}")
         elif name in ("activation_alpha", "activation_beta"):
@@ -210,11 +219,13 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     ------
     ValueError
         Unknown ``op_type``, ``direction``, ``linear_before_reset`` or ``layout``, a
-        reverse-only node, a ``hidden_size`` that W contradicts, or an attribute gatecore
-        cannot honour (``clip``, non-default ``activations``, ``input_forget=1``; ONNX's
-        peepholes ``P`` are an input of the ``peephole_lstm`` plugin's cell).
+        reverse-only node, a ``hidden_size`` that W contradicts, ``activations`` not one list
+        of the defaults per direction, or an attribute gatecore cannot honour (``clip``,
+        non-default ``activations``, non-empty ``activation_alpha``/``activation_beta``,
+        ``input_forget=1``; ONNX's peepholes ``P`` are an input of the ``peephole_lstm``
+        plugin's cell).
     TypeError
-        An unknown keyword.
+        An unknown keyword (or an LSTM-only one for a GRU).
     ShapeError (ValueError), DTypeError (TypeError)
         An array of the wrong shape or dtype (complex, object, ...).
 
@@ -232,7 +243,6 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     """
     cell = _cell(op_type)
     G = _GATES[cell]
-    _onnx_attributes(cell, layout, attributes)
     W = _float("W", W)
     R = _float("R", R)
     if W.ndim != 3:
@@ -241,6 +251,10 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     if D not in (1, 2) or GH % G or GH == 0:
         raise ShapeError(f"W must have shape [1 or 2, {G}*hidden_size, input_size], got {list(W.shape)}")
     H = GH // G
+    _onnx_attributes(cell, layout, attributes, D)
+    if hidden_size is not None and not (isinstance(hidden_size, (int, np.integer))
+                                        and not isinstance(hidden_size, bool)):
+        raise ValueError(f"hidden_size must be an int, got {hidden_size!r}")
     if hidden_size is not None and hidden_size != H:
         raise ValueError(f"hidden_size={hidden_size!r} but W's {GH} rows are {G} gates of {H}")
     _shape("R", R, (D, GH, H), f"[num_directions, G*hidden_size, hidden_size], hidden_size {H} "

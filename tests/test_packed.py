@@ -399,7 +399,7 @@ def test_packing_on_two_threads_keeps_the_bits(cell, monkeypatch):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_lstm"])
-@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("B", [1, 3, 5])
 def test_split_backward_products_off_the_team_path(cell, B, monkeypatch):
     """Training whose steps are not a team's (one item, or small steps) runs backward's
     products over all steps as two halves above network.SPLIT_MACS: the same gradients (to
@@ -413,7 +413,7 @@ def test_split_backward_products_off_the_team_path(cell, B, monkeypatch):
     p = gatecore.init_params(cell, 6, 16, num_layers=2, bidirectional=True, seed=2)
     x = rng.standard_normal((40, B, 6)).astype(np.float32)
     dy = rng.standard_normal((40, B, 32)).astype(np.float32)
-    lengths = [40, 17, 1][:B]
+    lengths = [40, 17, 1, 0, 33][:B]  # (B = 5: the packed own products, network.packed_own)
     S = get_registry().get(cell).num_states
     dsn = tuple(rng.standard_normal((4, B, 16)).astype(np.float32) for _ in range(S))
     calls = []

@@ -281,6 +281,10 @@ def test_from_onnx_takes_a_nodes_attributes_and_refuses_what_it_cannot_honour():
             weights.from_onnx("LSTM", W, R, **bad)
     with pytest.raises(TypeError, match="peepholes"):
         weights.from_onnx("LSTM", W, R, peepholes=1)
+    with pytest.raises(ValueError, match="per direction"):  # 3 names for 2 directions
+        weights.from_onnx("LSTM", W, R, activations=["Sigmoid", "Tanh", "Tanh"])
+    with pytest.raises(TypeError, match="not of its GRU"):
+        weights.from_onnx("GRU", np.ones((1, 6, 3)), np.ones((1, 6, 2)), input_forget=0)
 
 
 def test_peephole_to_onnx_refuses_projection_and_names_missing_keys():
