@@ -930,8 +930,8 @@ def run_backward(tape: Tape, dy, dstate_n):
             whh = group["weight_hh"]
             w1c = buf["w1c"]
             w1p = no_wp  # weight_hh[:G1H] packed by columns: dhnew = dah1[k] @ it
-            # (and, on the team path, W_ih by columns for _split_grads' dx: both at once on
-            # the two threads when large)
+            # (and, where the products over all steps run split, W_ih by columns for
+            # _split_grads' dx: both at once on the two threads when large)
             split = team or split_grads(spec, dims, T * B, Din, dtype)
             wihp = _wih_cols(group["weight_ih"], ws, dtype, dax, dx2d) if split else None
             jobs = []

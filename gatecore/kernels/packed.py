@@ -855,6 +855,19 @@ def tn_scratch(N: int) -> tuple[int, int]:
     return TN_MC * TN_KC, TN_KC * (-(-N // 32) * 32)
 
 
+@njit(cache=CACHE, nogil=True, inline="always")
+def _prefetch_lines(arr, base, ld, lpr, pc, n, total):
+    """Fetch into L2 the next ``n`` of ``total`` lines of a block at element ``base`` of
+    ``arr`` (rows ``ld`` apart, ``lpr`` lines of 16 floats per row), from line ``pc`` on;
+    returns the line after the last fetched."""
+    for _ in range(n):
+        if pc < total:
+            r = pc // lpr
+            prefetch_l2(arr, base + r * ld + (pc - r * lpr) * NR)
+            pc += 1
+    return pc
+
+
 @njit(cache=CACHE, nogil=True)
 def pgemm_tn(x, xo, ldx, d, do, ldd, c, co, ldc, M, K, q0, q1, xp, dp):
     """C[M, 32 q0 : 32 q1] = X^T @ D, for AVX-512 targets (``WIDE``): backward's weight
@@ -932,17 +945,9 @@ def pgemm_tn(x, xo, ldx, d, do, ldd, c, co, ldc, M, K, q0, q1, xp, dp):
                 j0 = 32 * (q0 + qq)
                 base = qq * 2 * kc * NR
                 for m in range(nf):
-                    for _ in range(per):
-                        if pc < ptot:
-                            pr = pc // lpr
-                            prefetch_l2(x, xo + (nk0 + pr) * ldx + ni0 + (pc - pr * lpr) * NR)
-                            pc += 1
-                    for _ in range(dper):
-                        if dc < dtot:
-                            pr = dc // dlr
-                            prefetch_l2(d, do + (dk0 + dr0 + pr) * ldd + 32 * q0
-                                        + (dc - pr * dlr) * NR)
-                            dc += 1
+                    pc = _prefetch_lines(x, xo + nk0 * ldx + ni0, ldx, lpr, pc, per, ptot)
+                    dc = _prefetch_lines(d, do + (dk0 + dr0) * ldd + 32 * q0, ldd, dlr, dc, dper,
+                                         dtot)
                     _w6s(xp, m * MR * kc, 1, MR, dp, base, base + kc * NR, c,
                          co + (i0 + m * MR) * ldc + j0, ldc, kk, acc)
                 i = i0 + nf * MR
