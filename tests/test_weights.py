@@ -296,3 +296,11 @@ def test_peephole_to_onnx_refuses_projection_and_names_missing_keys():
         gp.to_onnx(gatecore.init_params("lstm", 3, 4))
     with pytest.raises(ParameterError, match="weight_ih_l5"):
         gp.to_onnx(gatecore.init_params("peephole_lstm", 3, 4), layer=5)
+    # the layer's arrays are checked as core's to_onnx checks them, the peepholes too
+    good = gatecore.init_params("peephole_lstm", 3, 4, seed=1)
+    for key, bad, err, match in [
+            ("weight_peephole_l0", np.ones(11, np.float32), ShapeError, r"\[12\].*got \[11\]"),
+            ("weight_peephole_l0", np.ones(12), DTypeError, "float32"),
+            ("weight_hh_l0", np.ones((16, 3), np.float32), ShapeError, "weight_hh_l0")]:
+        with pytest.raises(err, match=match):
+            gp.to_onnx({**good, key: bad})

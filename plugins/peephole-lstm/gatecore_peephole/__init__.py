@@ -109,7 +109,8 @@ def to_onnx(params, layer: int = 0, reverse: bool = False) -> dict[str, np.ndarr
         ``W`` [4H, I], ``R`` [4H, H] (gate rows reordered i, f, g, o -> ONNX i, o, f, c),
         ``B`` [8H] (Wb then Rb, same order), ``P`` [3H] = ``[p_i, p_o, p_f]``, i.e.
         ``weight_peephole[[0, 2, 1]]`` by blocks of H. Add a leading axis of size
-        num_directions for the ONNX node.
+        num_directions for the ONNX node. W, R and B are ``gatecore.weights.to_onnx("lstm",
+        ...)``'s for the layer's LSTM parameters (its checks, its messages).
 
     Raises
     ------
@@ -117,6 +118,9 @@ def to_onnx(params, layer: int = 0, reverse: bool = False) -> dict[str, np.ndarr
         ``params`` lacks a key of this layer and direction (names them and the keys given).
     ValueError
         ``params`` has a projection (``weight_hr``): ONNX's LSTM has none.
+    gatecore.ShapeError, gatecore.DTypeError
+        An array of the layer of the wrong shape or dtype (``weight_peephole`` must be [3*H]
+        of the weights' dtype), or directions unlike each other.
     """
     sfx = f"_l{layer}" + ("_reverse" if reverse else "")
     need = ["weight_ih" + sfx, "weight_hh" + sfx, "weight_peephole" + sfx]
@@ -128,22 +132,22 @@ def to_onnx(params, layer: int = 0, reverse: bool = False) -> dict[str, np.ndarr
     if "weight_hr" + sfx in params:
         raise ValueError(f"ONNX's LSTM has no projection (LSTM proj_size); params has "
                          f"weight_hr{sfx}")
-    w_ih = np.asarray(params["weight_ih" + sfx])
-    H = w_ih.shape[0] // 4
-
-    def gates(a):  # PyTorch i, f, g, o -> ONNX i, o, f, c
-        blocks = [a[k * H:(k + 1) * H] for k in range(4)]
-        return np.concatenate([blocks[0], blocks[3], blocks[1], blocks[2]])
-
-    p = np.asarray(params["weight_peephole" + sfx]).reshape(3, H)
-    zeros = np.zeros(4 * H, w_ih.dtype)
-    return {
-        "W": gates(w_ih),
-        "R": gates(np.asarray(params["weight_hh" + sfx])),
-        "B": np.concatenate([gates(np.asarray(params.get("bias_ih" + sfx, zeros))),
-                             gates(np.asarray(params.get("bias_hh" + sfx, zeros)))]),
-        "P": np.concatenate([p[0], p[2], p[1]]),
-    }
+    # the LSTM part through core's exporter (gate order, shape and dtype checks), without
+    # the peepholes, which it refuses: an ONNX node without P would compute another cell
+    lstm = {k: v for k, v in params.items() if not k.startswith("weight_peephole")}
+    node = gatecore.weights.to_onnx("lstm", lstm, layer=layer)
+    d = 1 if reverse else 0
+    W, H = node["W"][d], node["hidden_size"]
+    p = np.asarray(params["weight_peephole" + sfx])
+    if p.shape != (3 * H,):
+        raise gatecore.ShapeError(f"weight_peephole{sfx} must be [3*hidden_size] = [{3 * H}] "
+                                  f"([p_i, p_f, p_o]), got {list(p.shape)}")
+    if p.dtype != W.dtype:
+        raise gatecore.DTypeError(f"weight_peephole{sfx} must be {W.dtype} like the layer's "
+                                  f"weights, got {p.dtype}")
+    p = p.reshape(3, H)
+    return {"W": W, "R": node["R"][d], "B": node["B"][d],
+            "P": np.concatenate([p[0], p[2], p[1]])}
 
 
 @gatecore.hookimpl
