@@ -372,8 +372,9 @@ def run_team(worker, args, flags, body) -> None:
     For products shared by two threads (``gatecore.kernels.packed``): the worker spins on
     ``flags`` (an int64 array of ``packed.FLAGS`` elements, zeroed here) and computes its
     half of each product that ``body`` posts, until flags[STOP] is set, which this function
-    does once ``body`` has returned or raised, and it waits for the worker to return before
-    it returns. ``body`` never depends on the worker: a half the worker has not claimed is
+    does once ``body`` has returned or raised, and before it returns it waits until the
+    worker is past its last access to the team's data (flags[EXITED], or else the worker's
+    return). ``body`` never depends on the worker: a half the worker has not claimed is
     computed by this thread. So a call that is not alone in flight, with overlapping
     disabled (``enabled``), or at interpreter shutdown simply runs ``body`` alone. Pinning
     as in ``_worker_for``; Ctrl-C in the main thread is held back until the worker has
@@ -384,9 +385,9 @@ def run_team(worker, args, flags, body) -> None:
     def task():
         try:
             return worker(*args)
-        except BaseException:  # (on return, team_next has set EXITED: a later call may
-            flags[EXITED] = 1  # have zeroed the flags since, so never set it here then)
-            raise
+        except BaseException:  # (on a normal return team_next has set EXITED, or the caller
+            flags[EXITED] = 1  # waits for the future: a later call may have zeroed the flags
+            raise              # since, so never set it here then)
 
     def stop():
         flags[STOP] = 1

@@ -1070,9 +1070,9 @@ def team_wait(flags, seq):
 @njit(cache=CACHE, nogil=True)
 def team_next(flags, last):
     """Worker: wait for a job newer than ``last``; its number, or 0 once STOP is set. On 0
-    it sets EXITED: the worker must return then, touching none of the team's data. (Set by
-    the worker's Python wrapper instead, EXITED came 55-170 us after STOP: the worker
-    waited for the GIL, which the caller held; set here, 20-40 us, measured per team.)"""
+    it sets EXITED: the worker must return then, touching none of the team's data. (Set
+    here, without the GIL, not by the worker's Python wrapper, which waited for the caller's
+    GIL first.)"""
     while True:
         s = _aload(flags, POSTED)
         if s > last:
