@@ -252,6 +252,24 @@ def split_grads(spec: CellSpec, dims: Dims, rows: int, din: int, dtype) -> bool:
 OVERLAP_MACS = 1 << 25
 
 
+#: multiply-adds of a layer's products over all steps, T * B * G*H * (input size + Hr), from
+#: which a call whose per-step products are packed own ones (``packed_own``) runs forward in
+#: two halves of the batch (items 0 .. B/2-1 and B/2 .. B-1) on two threads (``overlap.run_pair``),
+#: each half with its own input products (``forward_items``): the items' recurrences are
+#: independent, so the halves never wait for each other (a team splitting each step's
+#: product, as from TEAM_MACS, synchronizes every step).
+ITEM_MACS = 1 << 22
+#: fewest items for two halves (each half's products then have at least 4 rows)
+ITEM_MIN_BATCH = 8
+
+
+def item_halves(spec: CellSpec, dims: Dims, T: int, B: int, din: int) -> bool:
+    """Whether a call on packed own products (``packed_own``) with this layer input size
+    runs each layer's forward as two halves of the batch (see ITEM_MACS)."""
+    G, H, Hr = spec.num_gates, dims.hidden_size, dims.hr
+    return B >= ITEM_MIN_BATCH and T * B * G * H * (din + Hr) >= ITEM_MACS
+
+
 def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
     """Whether overlapping a layer's input product with its time loop should pay off.
 
@@ -278,7 +296,7 @@ def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
 
 
 def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bias, ws, same,
-                 wihp):
+                 wihp, linger=True):
     """Backward's products over all steps for one-stage cells without projection, as two
     halves at once (this thread and the worker): dW_ih and dW_hh by halves of their rows
     (or columns), dx by halves of its rows (added to it with ``tmp``: the second direction),
@@ -292,6 +310,8 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     with pgemm_tn's k-major packing, bench320 44.9 -> 34.4); the rest
     is NumPy's OpenBLAS, on one thread in each half. When NumPy's OpenBLAS count cannot be
     set to one (a call from another thread), the halves run one after the other, as before.
+    ``linger``: whether the worker spins for the next call's job afterwards (``overlap``;
+    false where NumPy's OpenBLAS comes next, whose threads it would slow down).
     ``same``: dah2d is dax2d (a dah_is_dax cell): the halves sum half of its columns each,
     for bias_ih, and bias_hh is a copy. ``wihp``: W_ih packed by columns (``_wih_cols``, which
     checks that dax2d and dx2d are C-contiguous) or None (dx by OpenBLAS)."""
@@ -343,7 +363,8 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     with overlap.hold_sigint():
         with blas.numpy_blas_one_thread() as single:
             if single:
-                overlap.run_pair(lambda: half(0), lambda: half(1), sigint_held=True)
+                overlap.run_pair(lambda: half(0), lambda: half(1), sigint_held=True,
+                                 linger=linger)
         if not single:  # OpenBLAS's count not settable from here: its own threads, one each
             half(0)
             half(1)
@@ -488,10 +509,11 @@ def _team_input_product(wihp, in2d, gx2d, flags, tiles, bias):
     M, I = in2d.shape
     GH = gx2d.shape[1]
     split = -(-GH // kpacked.NR) // 2
+    hand = overlap.hand()
     overlap.run_team(
         kpacked.team_worker, (flags, in2d, wihp, gx2d, M, I, GH, split, tiles[1], bias), flags,
         lambda _: kpacked.team_step(flags, 1, in2d, 0, wihp, gx2d, M, I, GH, split, tiles[0],
-                                    bias))
+                                    bias, hand), go=True)
 
 
 #: multiply-adds of recurrent products per kernel call of a team's time loop: the loop runs in
@@ -543,7 +565,7 @@ def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tiles)
             mod._mm(in2d[t0 * B:t1 * B], wihc, 0, gx2d[t0 * B:t1 * B])
 
     def consume(k0, k1):
-        mod.forward_dir(*args, k0, k1, False)
+        mod.forward_dir(*args, k0, k1, False, 0, B)
 
     overlap.run_chunked(overlap.chunk_bounds(T), produce, consume)
 
@@ -571,13 +593,14 @@ def _products(own: bool, ext: bool):
     return gemm, gemm_acc
 
 
-#: the scratch rows a team's halves use (the teams' rules work in place on the big arrays)
-_TEAM_ROWS = ("tpr", "dahr", "spr", "snr", "dsr", "dspr", "dur", "exr", "dexr")
+#: forward_dir's scratch rows, in its argument order
+_FWD_ROWS = ("axr", "ahr", "spr", "snr", "ur", "tpr")
 
 
 def _rows(ws, dtype, spec, H, prefix="r_"):
     """Per-item scratch rows the kernels copy one batch item into (see cpu_kernels.py.in);
-    a team's worker thread has its own set (``prefix`` "r1_": only ``_TEAM_ROWS``)."""
+    the worker thread of a team or of two halves of a batch has its own set (``prefix``
+    "r1_")."""
     G, S, K = spec.num_gates, spec.num_states, spec.tape_size
     E = spec.num_extra
     return ws.fixed(("rows", prefix, dtype, G, S, K, E, H),
@@ -588,8 +611,7 @@ def _make_rows(ws, dtype, G, S, K, E, H, prefix):
     shapes = dict(axr=(G * H,), ahr=(G * H,), daxr=(G * H,), dahr=(G * H,), tpr=(K * H,),
                   spr=(S, H), snr=(S, H), dsr=(S, H), dspr=(S, H), ur=(H,), dur=(H,),
                   exr=(E, H), dexr=(E, H))
-    return {n: ws.get(prefix + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()
-            if prefix != "r1_" or n in _TEAM_ROWS}
+    return {n: ws.get(prefix + n, dtype, lambda T_, B_, sh=sh: sh) for n, sh in shapes.items()}
 
 
 def _usable_as_is(arr, dtype) -> bool:
@@ -724,9 +746,10 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     ext = external_products(spec, dims, B) and not team
     mm = _products(own, ext or team)[0]
     rows = _rows(ws, dtype, spec, H)
-    rows1 = _rows(ws, dtype, spec, H, "r1_") if team else None
+    rows1 = _rows(ws, dtype, spec, H, "r1_") if (team or pown) else None
     w2c = whrc = no_whr  # empty unless the cell is two-stage / has a projection
     flags, tiles, no_wp = _team_buffers(ws, dtype)
+    no_job = 0  # (the worker's half waits for no job: packed.job_finish)
 
     xs = [x]
     buffers = {}
@@ -737,10 +760,13 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         in2d = layer_in.reshape(T * B, layer_in.shape[2])
         # (not when x, read in place, overlaps this layer's y: an earlier output of this
         # workspace; its later rows would be overwritten before the worker had read them)
-        pipe = (not keep and own and T > 1 and B > 0
+        alias = np.may_share_memory(layer_in, y)
+        items = (not keep and pown and not ext and item_halves(spec, dims, T, B, in2d.shape[1])
+                 and not alias and overlap.enabled())
+        pipe = (not keep and own and T > 1 and B > 0 and not items
                 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
                 and overlap_pays(B, GH, Hr, H, in2d.shape[1]) and overlap.enabled()
-                and not np.may_share_memory(layer_in, y))
+                and not alias)
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""
@@ -762,15 +788,15 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
-                if pipe and kpacked.usable(dtype):  # the worker multiplies over packed W_ih
-                    wihc = None
+                if (pipe or items) and kpacked.usable(dtype):  # packed W_ih: the worker's
+                    wihc = None  # chunks (pipe), each half's own items (forward_items)
                     wihp = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
                 elif pk is not None:
                     wihc, wihp = pk["wihc"], None
                 else:
                     wihc, wihp = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH)), None
                     transpose_into(wih, wihc)
-                if not pipe:
+                if not (pipe or items):
                     mm(in2d, wihc, gx2d)
             idx = k * D + d
             hp[0] = state0[0][idx]
@@ -816,28 +842,35 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     wp2 = _packed_rows(pk, "w2p", whh[G1H:], G2H, ws, dtype)
                 if dims.proj_size:
                     wpr = _packed_rows(pk, "wrp", whr, dims.proj_size, ws, dtype)
-            args = (gx, bih, whh, w1c, w2c, bhh, zeros_bias, whr, whrc, bool(dims.proj_size), ex,
-                    lengths, bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf,
-                    rows["axr"], rows["ahr"],
-                    rows["spr"], rows["snr"], rows["ur"], rows["tpr"], y, d * Hr, own,
-                    wp1, wp2, wpr, tiles[0])
+            def fargs(r, tile):
+                return (gx, bih, whh, w1c, w2c, bhh, zeros_bias, whr, whrc, bool(dims.proj_size),
+                        ex, lengths, bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf,
+                        *(r[n] for n in _FWD_ROWS), y, d * Hr, own, wp1, wp2, wpr, tile)
+            args = fargs(rows, tiles[0])
             if ext:
                 for s_ in range(T):
                     np.matmul(hp[s_ if keep else s_ % 2], w1c, out=gh1)
-                    mod.forward_dir(*args, s_, s_ + 1, True)
+                    mod.forward_dir(*args, s_, s_ + 1, True, 0, B)
             elif team:  # (the worker has its own scratch rows and tile)
                 def targs(r, tile):
                     return (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp,
                             gh1, r["spr"], r["snr"], r["tpr"], r["exr"], y, d * Hr, wp, tile)
+                hand = overlap.hand()
                 overlap.run_team(
                     mod.team_forward_worker, (flags, *targs(rows1, tiles[1])), flags,
                     _team_loop(lambda k0, k1: mod.forward_team(k0, k1, flags,
-                                                               *targs(rows, tiles[0])),
-                               T, _step_macs(spec, dims, B), False))
+                                                               *targs(rows, tiles[0]), hand),
+                               T, _step_macs(spec, dims, B), False), go=True)
+            elif items:  # two halves of the batch, input products included, on two threads
+                hand, bh = overlap.hand(), B // 2
+                a0 = (in2d, wihp, *args, 0, T, False, 0, bh)
+                a1 = (hand, no_job, in2d, wihp, *fargs(rows1, tiles[1]), 0, T, False, bh, B)
+                overlap.run_pair(lambda: mod.forward_items(hand, overlap.job_state(), *a0),
+                                 lambda: mod.forward_items(*a1), go=True)
             elif pipe:
                 _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d, wihp, tiles)
             else:
-                mod.forward_dir(*args, 0, T, False)
+                mod.forward_dir(*args, 0, T, False, 0, B)
             last = T if keep else T % 2
             state_n[0][idx] = hp[last]
             for s in range(1, S):
@@ -971,11 +1004,12 @@ def run_backward(tape: Tape, dy, dstate_n):
                             d_out if has_dy else dummy_dy, has_dy, d * Hr, dhr, ds, dax, dah1,
                             dhnew, dex_buf, r["dahr"], r["spr"], r["snr"], r["dsr"], r["dspr"],
                             r["dur"], r["exr"], r["dexr"], wp, tile)
+                hand = overlap.hand()
                 overlap.run_team(
                     mod.team_backward_worker, (flags, *targs(rows1, tiles[1])), flags,
                     _team_loop(lambda k0, k1: mod.backward_team(k0, k1, flags,
-                                                                *targs(rows, tiles[0])),
-                               T, _step_macs(spec, dims, B), True))
+                                                                *targs(rows, tiles[0]), hand),
+                               T, _step_macs(spec, dims, B), True), go=True)
             else:
                 mod.backward_dir(*args, 0, T, False, False)
             dstate0[0][idx] = dhr
@@ -990,7 +1024,8 @@ def run_backward(tape: Tape, dy, dstate_n):
                 tmp = ws.get("b_dxtmp", dtype, lambda T_, B_, n=Din: (T_ * B_, n)) if d else None
                 _split_grads(dax2d, dah1.reshape(T * B, G1H), x2d,
                              buf["hp"][:T].reshape(T * B, Hr), group["weight_ih"], dx2d, tmp,
-                             dparams, sfx, ones, dims.bias, ws, same, wihp)
+                             dparams, sfx, ones, dims.bias, ws, same, wihp,
+                             linger=team)  # (else OpenBLAS soon: no spinning worker)
                 continue
             # weight gradients: one GEMM each over all T*B rows
             mm(dax2d.T, x2d, dparams["weight_ih" + sfx])

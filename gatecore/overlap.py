@@ -10,11 +10,16 @@ loop needs it (a busy second core, or the worker serving another call), so the r
 waits on a thread that cannot run, and it is the same either way: every chunk is computed by
 the same loop over the same rows.
 
+The same worker serves the packed products' teams (``run_team``) and independent halves of a
+job (``run_pair``: two halves of a batch, of the weight gradients, two weights to pack).
+
 The worker is one thread of a ``ThreadPoolExecutor`` shared by the process (created on
 first use, recreated after ``fork``; once the interpreter is shutting down, or while the
-worker serves another call, a call computes its chunks alone). Before a call returns (or
-raises, even on a second Ctrl-C) it waits until the worker has left its chunks, so no thread
-touches the call's workspace after it.
+worker serves another call, a call computes its chunks alone). After each task it spins
+for up to ``LINGER_US`` (``packed.linger``, without the GIL), and a call meanwhile hands it
+its job directly (``_post``) instead of through the pool's queue, which wakes a sleeping
+thread (25-50 us here). Before a call returns (or raises, even on a second Ctrl-C) it waits
+until the worker has left its chunks, so no thread touches the call's workspace after it.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import contextlib
 import os
 import signal
 import threading
+import time
 
 try:
     import _signal  # the C functions behind signal.getsignal/signal.signal
@@ -31,34 +37,215 @@ except ImportError:  # pragma: no cover - not CPython
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as futures_wait
 
-from .kernels.packed import EXITED, STOP, fp_control, set_fp_control, wait_exited
+import numpy as np
+
+from .kernels import packed as _kp
+from .kernels.packed import EXITED, fp_control, set_fp_control, wait_exited
 
 __all__ = ["enabled", "chunk_bounds", "run_chunked", "run_team", "run_pair"]
 
-_pool: ThreadPoolExecutor | None = None
+_pool: _Pool | None = None
 _pool_lock = threading.Lock()
 _active = 0  # calls using the worker (_worker_for) in flight (several threads may call at once)
 _active_lock = threading.Lock()
+#: the worker's hand-over flags (``packed.HAND_STATE``, ``packed.HAND_QUEUED``) and the job
+#: posted to it while it lingers (``_post``)
+_hand = np.zeros(_kp.HAND, np.int64)
+_hand_addr = _hand.ctypes.data  # (the compiled hand-over functions take addresses: no
+_slot = None                     # NRT allocation per call, unlike a boxed array)
 
 
 def _reset_after_fork() -> None:
-    global _pool, _pool_lock, _active, _active_lock
+    global _pool, _pool_lock, _active, _active_lock, _hand, _hand_addr, _slot, _current
+    global _current_thread
     _pool = None  # the parent's worker thread does not exist in the child
     _pool_lock = threading.Lock()
     _active = 0
     _active_lock = threading.Lock()
+    _hand = np.zeros(_kp.HAND, np.int64)  # (the parent's might say "lingering")
+    _hand_addr = _hand.ctypes.data
+    _slot = None
+    _current, _current_thread = None, 0
 
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
 
 
-def _worker_pool() -> ThreadPoolExecutor:
+class _Pool:
+    """The worker thread's pool (one thread): ``submit`` as ThreadPoolExecutor's, counting
+    queued tasks in the hand-over flags so that a lingering worker (``_linger``) leaves its
+    spin for them at once."""
+
+    def __init__(self) -> None:
+        self._ex = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatecore-overlap")
+        self._hand = _hand  # (kept alive: its address is the worker's)
+        self._addr = _hand_addr
+
+    def submit(self, fn, *args, **kwargs):
+        addr = self._addr
+        _kp.hand_add(addr, _kp.HAND_QUEUED, 1)
+        try:
+            return self._ex.submit(_dequeued, addr, fn, args, kwargs)
+        except BaseException:
+            _kp.hand_add(addr, _kp.HAND_QUEUED, -1)
+            raise
+
+
+def _dequeued(addr, fn, args, kwargs):
+    _kp.hand_add(addr, _kp.HAND_QUEUED, -1)
+    return fn(*args, **kwargs)
+
+
+def _worker_pool() -> _Pool:
     global _pool
     with _pool_lock:
         if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatecore-overlap")
+            _calibrate_pause()
+            _pool = _Pool()
         return _pool
+
+
+def _env_linger_us() -> float:
+    try:
+        return max(0.0, float(os.environ.get("GATECORE_WORKER_SPIN_US", "1000")))
+    except ValueError:
+        return 1000.0
+
+
+#: how long (microseconds) the worker spins after a task, ready for the next call's job,
+#: before it sleeps in its pool (``GATECORE_WORKER_SPIN_US``, read at import; 0: never).
+#: Waking a sleeping thread took 30-50 us here at each end of a call (this VM's idle CPUs
+#: halt), so back-to-back calls that use the worker each paid about 80 us: a call of
+#: LSTM T=100, B=8, H=64 takes about 0.25 ms. OpenMP runtimes and ONNX Runtime's pool spin
+#: likewise between parallel regions.
+LINGER_US = _env_linger_us()
+_pause_ns = 30.0  # one spin's time, measured when the worker is first needed
+
+
+def _calibrate_pause() -> None:
+    """Measure a spin (x86 ``pause``: 30 ns here, 5-150 ns elsewhere) on this thread before
+    the worker exists: the fastest of three runs of 1000 (on the worker, getting the GIL
+    back after the timed spin inflated it 5-8x)."""
+    global _pause_ns
+    probe = np.zeros(1, np.int64)
+    addr = probe.ctypes.data
+    _kp.wait_at_least(addr, 0, 1, 10)  # (compiled, loaded)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _kp.wait_at_least(addr, 0, 1, 1000)
+        best = min(best, time.perf_counter() - t0)
+    _pause_ns = min(1000.0, max(1.0, best * 1e9 / 1000))
+
+
+def _linger_spins() -> int:
+    if LINGER_US <= 0:
+        return 0
+    return int(LINGER_US * 1000.0 / _pause_ns) + 1
+
+
+class _Job:
+    """A task for the worker: run once by whoever first takes it from the pool's queue or
+    from ``_slot``, unless cancelled first. ``_state[0]``: 0 new, 1 running, 2 done, 3
+    cancelled. The caller waits for it by spinning on that flag without the GIL (the worker
+    is running: a sleep and its wake-up cost more than the wait), then by polling."""
+
+    __slots__ = ("_state", "addr", "cpus", "task", "fpc", "error", "linger")
+
+    def __init__(self, cpus, task, fpc, linger: bool = True) -> None:
+        self._state = np.zeros(1, np.int64)
+        self.addr = self._state.ctypes.data  # (for the compiled functions)
+        self.cpus = cpus
+        self.task = task
+        self.fpc = fpc
+        self.error = None
+        self.linger = linger  # whether the worker lingers after it (_linger)
+
+    def run(self) -> None:
+        """Worker: run the task unless cancelled; errors are kept for ``result``. The state
+        stays 1 (running): ``_linger`` marks it done."""
+        if not _kp.hand_cas(self.addr, 0, 0, 1):
+            return
+        try:
+            _on_cpus(self.cpus, self.task, self.fpc)
+        except BaseException as exc:  # handed to the caller by result()
+            self.error = exc
+
+    def cancel(self) -> bool:
+        """Stop the job from starting; whether it had not (it will not run then)."""
+        return _kp.hand_cas(self.addr, 0, 0, 3)
+
+    def cancelled(self) -> bool:
+        return int(self._state[0]) == 3
+
+    def spin(self, spins: int) -> bool:
+        """Spin (without the GIL) until the job has finished or was cancelled, at most
+        ``spins`` times; whether it has."""
+        return _kp.wait_at_least(self.addr, 0, 2, spins)
+
+    def wait(self) -> None:
+        """Until the job has finished or was cancelled (interruptible by Ctrl-C: see
+        ``_wait_uninterrupted``)."""
+        while not self.spin(_EXIT_SPINS):
+            time.sleep(5e-5)
+
+    def result(self) -> None:
+        self.wait()
+        if self.error is not None:
+            raise self.error
+
+
+def _serve(job) -> None:
+    """The worker's pool task: run ``job``, then the jobs posted while it lingers."""
+    while job is not None:
+        job.run()
+        job = _linger(job)
+
+
+def _linger(done):
+    """Worker: mark job ``done`` finished, then spin for up to LINGER_US, ready for a posted
+    job (``packed.linger``); the job, or None (then the worker returns to its pool and
+    sleeps there)."""
+    global _slot
+    spins = _linger_spins() if done.linger else 0
+    hand = _hand_addr
+    if spins <= 0:
+        _kp.hand_cas(done.addr, 0, 1, 2)
+        return None
+    if not _kp.linger(hand, spins, done.addr):
+        return None
+    job, _slot = _slot, None
+    _kp.hand_store(hand, _kp.HAND_STATE, 0)
+    return job
+
+
+def hand() -> int:
+    """The address of the worker's hand-over flags, for compiled work that says go
+    (``packed.hand_go``) when it starts: pass it to the kernels of a call run by
+    ``run_team(..., go=True)`` or ``run_pair(..., go=True)``."""
+    return _hand_addr
+
+
+def _post(job) -> bool:
+    """Caller: hand ``job`` to a lingering worker; whether it took it (else submit it)."""
+    global _slot
+    _slot = job
+    if _kp.hand_post(_hand_addr):
+        return True
+    _slot = None
+    return False
+
+
+_current = None  # the job of the call alone in flight (job_state)
+_current_thread = 0  # and the thread that made that call
+
+
+def job_state() -> int:
+    """The address of the state of the job that this thread's call, alone in flight, has
+    handed to the worker (``packed.job_finish`` waits on it), else 0."""
+    job = _current
+    return job.addr if job is not None and _current_thread == threading.get_ident() else 0
 
 
 def _load_getcpu():
@@ -216,11 +403,15 @@ class _Chunks:
 
 
 def _wait_uninterrupted(future) -> None:
-    """Wait until ``future`` is done, even through KeyboardInterrupt (raised afterwards)."""
+    """Wait until ``future`` (a Future or a ``_Job``) is done, even through
+    KeyboardInterrupt (raised afterwards)."""
     interrupted = None
     while True:
         try:
-            futures_wait([future])
+            if isinstance(future, _Job):
+                future.wait()
+            else:
+                futures_wait([future])
             break
         except BaseException as exc:  # Ctrl-C while waiting: the worker still holds buffers
             interrupted = exc
@@ -298,27 +489,39 @@ def run_chunked(bounds: list[int], produce, consume) -> None:
 
 #: spins (x86 ``pause``, about 10-40 ns each) that ``run_team`` waits for its worker to
 #: leave the team's data (flags[EXITED], set by ``packed.team_next`` without the GIL) before
-#: it sleeps on the worker's future instead: sleeping on the future took 100 us until this
-#: thread ran again (measured per call: 130 us of overhead against 20 us).
+#: it waits for the worker's job to end instead (``_Job.wait``: as many spins more, then
+#: polling with sleeps; sleeping on a pool future took 100 us until this thread ran again,
+#: measured per call: 130 us of overhead against 20 us).
 _EXIT_SPINS = 20000
 
 
 @contextlib.contextmanager
-def _worker_for(task, stop, wanted: bool = True, exited=None):
+def _worker_for(task, stop, wanted: bool = True, exited=None, go: bool = False,
+                linger: bool = True):
     """Hand ``task()`` to the worker thread for the duration of the ``with`` block.
 
-    Yields the task's future, or None: no worker (``wanted`` false, overlapping disabled,
-    another call in flight, interpreter shutdown). Only a call alone in flight uses the
+    Yields the task's ``_Job`` (posted to the worker if it lingers after its last task,
+    ``_post``, else submitted to its pool), or None: no worker (``wanted`` false,
+    overlapping disabled, another call in flight, interpreter shutdown). Only a call alone
+    in flight uses the
     worker and pins itself (``_pin_caller``; the worker runs the task on the other CPUs): concurrent
     callers pinned themselves to whichever CPU they were on, often the same one, while the
     single worker could serve only one of them anyway. On leaving (also on errors) ``stop()``
     tells the task to finish, and the worker is waited for (through Ctrl-C too) before this
     thread's CPU set is restored: ``exited()``, if given, first (true once the task is past
-    its last access to the caller's data), then its future unless that said so.
+    its last access to the caller's data), then its job unless that said so.
+
+    A posted job starts when the caller says go: at once, or with ``go`` true when the
+    caller's first compiled work starts (``packed.hand_go`` on ``hand()``), so that the
+    worker, taking the GIL, finds it free (a thread that waits for the GIL sleeps, and
+    waking it took 25-50 us here). The caller waits for the job's end by spinning first:
+    the worker marks it done once it lingers without the GIL. With ``linger`` false the
+    worker goes back to sleep after this task instead (the caller's next work runs on
+    OpenBLAS's threads, which a spinning worker would slow down).
     """
-    global _active
+    global _active, _current, _current_thread
     pinned = None
-    future = None
+    job = None
     counted = False
     try:
         if wanted and enabled():
@@ -328,18 +531,26 @@ def _worker_for(task, stop, wanted: bool = True, exited=None):
                 alone = _active == 1
             if alone:
                 pinned = _pin_caller()
-                try:
-                    future = _worker_pool().submit(_on_cpus, pinned[1] if pinned else None,
-                                                   task, fp_control())
-                except RuntimeError:  # interpreter shutting down: no new threads
-                    future = None
-        yield future
+                job = _Job(pinned[1] if pinned else None, task, fp_control(), linger)
+                if _post(job):
+                    if not go:
+                        _kp.hand_go_now(_hand_addr)
+                else:
+                    try:
+                        _worker_pool().submit(_serve, job)
+                    except RuntimeError:  # interpreter shutting down: no new threads
+                        job = None
+                if job is not None and job.linger:
+                    _current, _current_thread = job, threading.get_ident()
+        yield job
     finally:
         try:
-            if future is not None:
+            if job is not None:
                 stop()
-                if not future.cancel() and not (exited is not None and exited()):
-                    _wait_uninterrupted(future)
+                if not (job.cancel() or (exited is not None and exited())
+                        or job.spin(_EXIT_SPINS)):
+                    _wait_uninterrupted(job)
+                _current, _current_thread = None, 0
         finally:
             try:
                 _unpin(pinned)
@@ -366,7 +577,7 @@ def _run_chunked(bounds: list[int], produce, consume, interrupted) -> None:
         raise table.error
 
 
-def run_team(worker, args, flags, body) -> None:
+def run_team(worker, args, flags, body, go: bool = False) -> None:
     """Run ``body()`` here while ``worker(*args)`` serves it on the worker thread.
 
     For products shared by two threads (``gatecore.kernels.packed``): the worker spins on
@@ -380,7 +591,8 @@ def run_team(worker, args, flags, body) -> None:
     as in ``_worker_for``; Ctrl-C in the main thread is held back until the worker has
     stopped (``_DeferSigint``); ``body(interrupted)`` should stop early once
     ``interrupted()`` is true (KeyboardInterrupt follows). ``worker`` must return once
-    ``packed.team_next`` has returned 0 (which sets flags[EXITED]).
+    ``packed.team_next`` has returned 0 (which sets flags[EXITED]). ``go``: the first
+    compiled work of ``body`` says go (``_worker_for``).
     """
     def task():
         try:
@@ -389,12 +601,12 @@ def run_team(worker, args, flags, body) -> None:
             flags[EXITED] = 1  # waits for the future: a later call may have zeroed the flags
             raise              # since, so never set it here then)
 
-    def stop():
-        flags[STOP] = 1
+    def stop():  # (compiled: the worker, stopped, finds the GIL free; see packed.team_stop)
+        _kp.team_stop(flags, job_state(), _EXIT_SPINS)
 
     flags[:] = 0
     with _DeferSigint() as sigint, _worker_for(
-            task, stop, exited=lambda: wait_exited(flags, _EXIT_SPINS)):
+            task, stop, exited=lambda: wait_exited(flags, _EXIT_SPINS), go=go):
         body(sigint.interrupted)
 
 
@@ -404,13 +616,15 @@ def hold_sigint():
     return _DeferSigint()
 
 
-def run_pair(mine, theirs, sigint_held: bool = False) -> None:
+def run_pair(mine, theirs, sigint_held: bool = False, go: bool = False,
+             linger: bool = True) -> None:
     """Run ``mine()`` here and ``theirs()`` on the worker thread at once (two independent
     halves of a job), or ``theirs()`` here after ``mine()`` when the worker has not started
     it by then (a busy second core, another call in flight, overlapping disabled,
     interpreter shutdown). Errors of either are raised here once both have stopped; if
     ``mine()`` raises, ``theirs()`` does not start any more. Pinning and Ctrl-C as in
-    ``run_team`` (``sigint_held``: the caller holds Ctrl-C back already, ``hold_sigint``).
+    ``run_team`` (``sigint_held``: the caller holds Ctrl-C back already, ``hold_sigint``;
+    ``go``: ``mine()``'s first compiled work says go; ``linger``: see ``_worker_for``).
     """
     lock = threading.Lock()
     owner = [0]  # who runs theirs(): 0 nobody yet, 1 this thread, 2 the worker
@@ -426,7 +640,7 @@ def run_pair(mine, theirs, sigint_held: bool = False) -> None:
             theirs()
 
     with contextlib.nullcontext() if sigint_held else _DeferSigint():
-        with _worker_for(task, lambda: claim(1)) as future:
+        with _worker_for(task, lambda: claim(1), go=go, linger=linger) as future:
             mine()
             if claim(1):
                 theirs()

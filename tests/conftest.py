@@ -46,13 +46,21 @@ def products_path(path):
     team     float32 one-stage cells without projection, inference and training: packed
              products on two threads (gatecore.kernels.packed); the rest (float64, other
              cells) falls back to blas
+    items    own products, float32 inference from 4 items (packed own products): each
+             layer's forward as two halves of the batch on two threads (forward_items);
+             the rest as own
     """
     from gatecore import network, overlap
 
     saved = (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
-             network.TEAM_MACS)
+             network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH)
     saved_enabled, saved_pays = overlap.enabled, network.overlap_pays
     network.TEAM_MACS = 1 << 62
+    network.ITEM_MACS = 1 << 62
+    if path == "items":
+        network.ITEM_MACS = 0
+        network.ITEM_MIN_BATCH = 4
+        overlap.enabled = lambda: True
     if path == "overlap":
         network.OVERLAP_MACS = 0
         overlap.enabled = lambda: True
@@ -69,6 +77,6 @@ def products_path(path):
         yield
     finally:
         (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
-         network.TEAM_MACS) = saved
+         network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH) = saved
         overlap.enabled = saved_enabled
         network.overlap_pays = saved_pays

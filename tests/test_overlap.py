@@ -473,3 +473,117 @@ def test_the_worker_computes_with_the_callers_flush_to_zero_mode(monkeypatch):
     np.testing.assert_array_equal(runs[0], runs[1])
     assert (runs[0] == 0).all()  # flushed on both threads' units
     assert overlap._worker_pool().submit(kpacked.fp_control).result() == own
+
+
+# ---- two halves of the batch (network.item_halves) and the lingering worker
+
+
+@pytest.mark.parametrize("cell,opts,kw", [
+    ("lstm", {}, {}),
+    ("gru", {}, {}),
+    ("gru", {}, {"reset_after": False}),  # two-stage: the stage-2 products by halves too
+    ("lstm", {"proj_size": 3}, {}),  # projection: pbuf and mh by halves
+    ("lstm", {"num_layers": 2, "bidirectional": True}, {}),
+])
+@pytest.mark.parametrize("B", [4, 9])
+@pytest.mark.parametrize("use_lengths", [False, True])
+def test_batch_halves_match_the_one_thread_forward(cell, opts, kw, B, use_lengths, rng,
+                                                   monkeypatch):
+    """Two halves of the batch on two threads give what one thread gives (the input
+    products are the packed kernels' there, NumPy's here: the last bits may differ), and
+    the halves path is the one taken."""
+    from gatecore import network
+    T, I, H = 13, 5, 7
+    p = gatecore.init_params(cell, I, H, dtype=np.float32, seed=3, **opts)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = rng.integers(1, T + 1, size=B) if use_lengths else None
+    with products_path("own"):
+        want = gatecore.forward(cell, x, p, training=False, lengths=lengths, **kw)
+        want = (want[0].copy(), tuple(s.copy() for s in want[1]))
+    taken = []
+    orig = overlap.run_pair
+    monkeypatch.setattr(overlap, "run_pair",
+                        lambda *a, **k: taken.append(k.get("go")) or orig(*a, **k))
+    with products_path("items"):
+        for _ in range(3):  # (the worker posted to while it lingers after the first call)
+            y, state_n, _ = gatecore.forward(cell, x, p, training=False, lengths=lengths, **kw)
+            np.testing.assert_allclose(y, want[0], rtol=1e-5, atol=1e-6)
+            for a, b in zip(state_n, want[1]):
+                np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    D = 2 if opts.get("bidirectional") else 1
+    assert taken == [True] * (3 * opts.get("num_layers", 1) * D)
+    assert network.ITEM_MACS > 0  # (restored)
+
+
+def test_batch_halves_are_deterministic_and_leave_other_items_alone(rng):
+    """The same bits on every call, whether the worker or the caller ran a half, and a
+    padded item's outputs are zeros as on one thread."""
+    T, B, I, H = 20, 8, 6, 9
+    p = gatecore.init_params("lstm", I, H, dtype=np.float32, seed=4)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = np.array([20, 1, 5, 20, 3, 20, 7, 2])
+    with products_path("items"):
+        ys = [gatecore.forward("lstm", x, p, training=False, lengths=lengths)[0].copy()
+              for _ in range(4)]
+        with overlap_disabled():
+            ys.append(gatecore.forward("lstm", x, p, training=False, lengths=lengths)[0].copy())
+    for y in ys[1:]:
+        np.testing.assert_array_equal(y, ys[0])
+    for b, n in enumerate(lengths):
+        assert not ys[0][n:, b].any()
+
+
+class overlap_disabled:
+    """Within products_path("items"): overlap.enabled() false (the caller runs both
+    halves)."""
+
+    def __enter__(self):
+        self.saved = overlap.enabled
+        overlap.enabled = lambda: False
+
+    def __exit__(self, *exc):
+        overlap.enabled = self.saved
+
+
+def test_a_lingering_worker_takes_the_next_job_without_the_pool():
+    """After a task the worker spins (LINGER_US) and takes a posted job; without linger
+    it returns to its pool (state 0) and the next job goes through the pool."""
+    from gatecore.kernels import packed as kp
+    if overlap.LINGER_US <= 0:
+        pytest.skip("GATECORE_WORKER_SPIN_US=0")
+    ran = []
+    overlap.run_pair(lambda: None, lambda: ran.append(threading.get_ident()))
+    # the worker ran the first task or the caller did; either way it lingers soon
+    deadline = time.perf_counter() + 5
+    while overlap._hand[kp.HAND_STATE] != 1 and time.perf_counter() < deadline:
+        time.sleep(1e-4)
+    if overlap._hand[kp.HAND_STATE] != 1:
+        pytest.skip("the worker did not start (a loaded machine)")
+    job = overlap._Job(None, lambda: ran.append(threading.get_ident()), None)
+    assert overlap._post(job)
+    kp.hand_go_now(overlap.hand())
+    job.result()
+    assert ran[-1] != threading.get_ident()
+    saved = overlap.LINGER_US
+    overlap.LINGER_US = 0
+    try:
+        job = overlap._Job(None, lambda: ran.append(2), None)
+        deadline = time.perf_counter() + 5
+        while not overlap._post(job) and time.perf_counter() < deadline:
+            time.sleep(1e-4)
+        kp.hand_go_now(overlap.hand())
+        job.result()
+        assert overlap._hand[kp.HAND_STATE] == 0  # (no linger after it)
+    finally:
+        overlap.LINGER_US = saved
+
+
+def test_a_cancelled_posted_job_never_runs():
+    from gatecore.kernels import packed as kp
+    job = overlap._Job(None, lambda: pytest.fail("ran"), None)
+    assert job.cancel() and job.cancelled()
+    job.run()  # (the worker finding it cancelled)
+    job.wait()
+    assert job._state[0] == 3
+    probe = np.zeros(1, np.int64)
+    assert not kp.wait_at_least(probe.ctypes.data, 0, 1, 3)

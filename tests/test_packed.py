@@ -250,11 +250,12 @@ def test_team_products_match_numpy(with_worker, with_bias, monkeypatch):
 
     def body():
         for t in range(T):
-            kp.team_step(flags, t + 1, a, t * M * K, bp, out, M, K, N, split, tiles[0], bias)
+            kp.team_step(flags, t + 1, a, t * M * K, bp, out, M, K, N, split, tiles[0], bias,
+                         overlap.hand())  # (says go to a posted worker)
             c[t] = out
 
     overlap.run_team(kp.team_worker, (flags, a, bp, out, M, K, N, split, tiles[1], bias), flags,
-                     lambda interrupted: body())
+                     lambda interrupted: body(), go=True)
     for t in range(T):
         if with_bias:
             ref = a[t].astype(np.float64) @ w.T.astype(np.float64) + bias
@@ -275,7 +276,8 @@ def test_team_stops_its_worker_when_the_body_raises():
     tiles = np.zeros((2, 96), np.float32)
 
     def body(interrupted):
-        kp.team_step(flags, 1, a, 0, bp, out, M, K, N, 1, tiles[0], no_bias)
+        kp.team_step(flags, 1, a, 0, bp, out, M, K, N, 1, tiles[0], no_bias,
+                     0)  # (no go: the worker starts after GO_SPINS)
         raise RuntimeError("boom")
 
     no_bias = np.zeros(0, np.float32)
@@ -418,7 +420,7 @@ def test_split_backward_products_off_the_team_path(cell, B, monkeypatch):
     dsn = tuple(rng.standard_normal((4, B, 16)).astype(np.float32) for _ in range(S))
     calls = []
     orig = network._split_grads
-    monkeypatch.setattr(network, "_split_grads", lambda *a: calls.append(1) or orig(*a))
+    monkeypatch.setattr(network, "_split_grads", lambda *a, **k: calls.append(1) or orig(*a, **k))
     out = {}
     for macs in (1 << 62, 0):
         monkeypatch.setattr(network, "SPLIT_MACS", macs)

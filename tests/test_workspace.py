@@ -48,6 +48,9 @@ ALLOC_SCRIPT = textwrap.dedent("""
         network.overlap_pays = lambda *a: True
     else:
         network.OVERLAP_MACS = 1 << 62
+    network.ITEM_MACS = 0 if sys.argv[1] == "items" else 1 << 62  # (halves of the batch:
+    if sys.argv[1] == "items":  # one kernel call each, on either thread)
+        overlap.enabled = lambda: True
     if sys.argv[1] == "team":  # packed products (float32, one-stage cells); the worker
         network.TEAM_MACS = 0    # off: whether it starts before the caller has done its
         network.OWN_PRODUCT_MACS = 0  # share is timing, and so would be the count of the
@@ -75,7 +78,7 @@ ALLOC_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["serial", "overlap", "team"])
+@pytest.mark.parametrize("mode", ["serial", "overlap", "team", "items"])
 def test_steady_state_allocates_no_arrays(mode):
     """No array is allocated per call once the workspace is sized.
 

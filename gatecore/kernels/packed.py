@@ -39,6 +39,11 @@ worker that is not running (no worker at all, or not yet started) never stalls t
 preempted in the middle of its half does make the caller wait for it. The flags must be
 zero when a team starts (``run_team`` zeroes them): a stale claim would make the caller wait
 for a half nobody computes.
+
+Between tasks the worker spins in ``linger`` on the hand-over array of ``gatecore.overlap``
+(``HAND_STATE``): a caller posts its next job there (``hand_post``) and says go from its
+compiled work (``hand_go``), and waits at the end while the worker runs it (``job_finish``,
+``team_stop``), so neither thread waits for the GIL that the other holds.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ from .. import config
 
 __all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "pgemm_init", "pgemm_tn", "tn_scratch",
            "team_step", "team_worker", "team_post", "team_claim", "team_wait", "team_next",
-           "team_done", "FLAGS", "WIDE", "packed_size", "usable", "fp_control", "set_fp_control"]
+           "team_done", "FLAGS", "WIDE", "packed_size", "usable", "fp_control", "set_fp_control",
+           "HAND", "HAND_STATE", "HAND_QUEUED", "linger", "hand_post", "hand_go", "hand_go_now",
+           "job_finish", "team_stop", "hand_store", "hand_add", "hand_cas", "wait_at_least"]
 
 CACHE = config.use_disk_cache()
 NR = 16  # panel width (two vectors of 8)
@@ -298,6 +305,58 @@ def _acas(typingctx, arr, idx, old, new):
         p = _elem_ptr(context, builder, sig.args[0], args[0], args[1])
         res = builder.cmpxchg(p, args[2], args[3], "acq_rel", "acquire")
         return builder.extract_value(res, 1)
+    return sig, codegen
+
+
+def _addr_ptr(builder, addr, idx):
+    """Pointer to int64 number ``idx`` at address ``addr`` (an int: no array boxed, so no
+    NRT allocation per call)."""
+    i64 = ir.IntType(64)
+    base = builder.inttoptr(addr, ir.PointerType(i64))
+    return builder.gep(base, [idx])
+
+
+@intrinsic
+def _pload(typingctx, addr, idx):
+    """Atomic (acquire) load of int64 number ``idx`` at address ``addr``."""
+    sig = types.int64(types.int64, types.intp)
+
+    def codegen(context, builder, sig, args):
+        return builder.load_atomic(_addr_ptr(builder, args[0], args[1]), "acquire", 8)
+    return sig, codegen
+
+
+@intrinsic
+def _pstore(typingctx, addr, idx, v):
+    """Atomic (release) store of ``v`` to int64 number ``idx`` at address ``addr``."""
+    sig = types.void(types.int64, types.intp, types.int64)
+
+    def codegen(context, builder, sig, args):
+        builder.store_atomic(args[2], _addr_ptr(builder, args[0], args[1]), "release", 8)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _pcas(typingctx, addr, idx, old, new):
+    """Atomically replace int64 number ``idx`` at ``addr``, if ``old``, by ``new``; whether
+    it did."""
+    sig = types.boolean(types.int64, types.intp, types.int64, types.int64)
+
+    def codegen(context, builder, sig, args):
+        res = builder.cmpxchg(_addr_ptr(builder, args[0], args[1]), args[2], args[3], "acq_rel",
+                              "acquire")
+        return builder.extract_value(res, 1)
+    return sig, codegen
+
+
+@intrinsic
+def _padd(typingctx, addr, idx, v):
+    """Atomically add ``v`` to int64 number ``idx`` at ``addr``; the value before."""
+    sig = types.int64(types.int64, types.intp, types.int64)
+
+    def codegen(context, builder, sig, args):
+        return builder.atomic_rmw("add", _addr_ptr(builder, args[0], args[1]), args[2], "acq_rel")
     return sig, codegen
 
 
@@ -1146,15 +1205,139 @@ def wait_exited(flags, spins):
     return _aload(flags, EXITED) != 0
 
 
+#: slots of the worker's hand-over array (``gatecore.overlap``; int64, each on its own line):
+#: HAND_STATE 0 (the worker is away: running a task, or asleep in its pool), 1 (it spins
+#: between tasks, ``linger``: a job can be posted), 2 (a job is posted) or 3 (go: the caller
+#: is in compiled code, without the GIL, so the worker can take the GIL at once:
+#: ``hand_go``); HAND_QUEUED the tasks submitted to the worker's pool that have not started.
+HAND_STATE, HAND_QUEUED = 0, 8
+HAND = 16
+#: pauses the worker waits for go after a job is posted before it takes the GIL anyway
+GO_SPINS = 4000
+#: pauses a caller's compiled work waits at most for the worker's job (``job_finish``)
+FINISH_SPINS = 20000
+
+
 @njit(cache=CACHE, nogil=True)
-def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile, bias):
+def linger(hand, spins, job):
+    """Worker, after a task (int64 ``job`` state at address ``job``: 1 while it ran, set to
+    2, done, here, without the GIL, so that a caller spinning on it finds the GIL free when
+    it returns): set the state at address ``hand`` (HAND_STATE) to 1 and spin until a job
+    is posted and the caller said go (``hand_go``; or GO_SPINS pauses after the post):
+    returns True; or until about ``spins`` pauses have passed or a task is queued in the
+    pool: then the state goes back to 0, unless a job was posted meanwhile (returns whether
+    one was). Addresses, not arrays: no NRT allocation per call."""
+    _pcas(job, 0, 1, 2)
+    _pstore(hand, HAND_STATE, 1)
+    posted = -1
+    for i in range(spins):
+        s = _pload(hand, HAND_STATE)
+        if s == 3:
+            return True
+        if s == 2:
+            if posted < 0:
+                posted = i
+            elif i - posted >= GO_SPINS:
+                return True
+        elif _pload(hand, HAND_QUEUED) != 0:
+            break
+        _pause()
+    if _pcas(hand, HAND_STATE, 1, 0):
+        return False
+    for _ in range(GO_SPINS):  # posted meanwhile: wait for go
+        if _pload(hand, HAND_STATE) != 2:
+            break
+        _pause()
+    return True
+
+
+@njit(cache=CACHE, nogil=True)
+def hand_post(hand):
+    """Caller: mark a job posted if the worker lingers (state 1 -> 2 at address ``hand``) and
+    no pool task is queued before it; whether it did (the worker then takes the job, at
+    go)."""
+    if _pload(hand, HAND_QUEUED) != 0:
+        return False
+    return _pcas(hand, HAND_STATE, 1, 2)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def hand_go(hand):
+    """Caller, at the start of compiled work (without the GIL): a posted job may start (the
+    worker takes the GIL now). Nothing for ``hand`` 0."""
+    if hand != 0:
+        _pcas(hand, HAND_STATE, 2, 3)
+
+
+@njit(cache=CACHE, nogil=True, inline="always")
+def job_finish(job, spins):
+    """Caller, at the end of its compiled work (without the GIL): while the worker runs the
+    call's job (state 1 at address ``job``: ``gatecore.overlap._Job``), spin, at most
+    ``spins`` pauses. ``linger`` marks it done from compiled code, so the caller then takes
+    the GIL without waiting for the worker. Nothing for ``job`` 0 (or a job not started)."""
+    if job != 0:
+        for _ in range(spins):
+            if _pload(job, 0) != 1:
+                return
+            _pause()
+
+
+@njit(cache=CACHE, nogil=True)
+def team_stop(flags, job, spins):
+    """Caller, at the end of a team: set flags[STOP], then ``job_finish`` (the stopped
+    worker goes on to linger, in compiled code: the caller finds the GIL free); whether
+    flags[EXITED] is set."""
+    _astore(flags, STOP, 1)
+    job_finish(job, spins)
+    return _aload(flags, EXITED) != 0
+
+
+@njit(cache=CACHE, nogil=True)
+def hand_go_now(hand):
+    """``hand_go`` from Python (for tasks whose caller runs no compiled work first)."""
+    hand_go(hand)
+
+
+@njit(cache=CACHE, nogil=True)
+def hand_store(addr, i, v):
+    """int64 number i at ``addr`` = v (atomic, release)."""
+    _pstore(addr, i, v)
+
+
+@njit(cache=CACHE, nogil=True)
+def hand_add(addr, i, v):
+    """int64 number i at ``addr`` += v (atomic); the value before."""
+    return _padd(addr, i, v)
+
+
+@njit(cache=CACHE, nogil=True)
+def hand_cas(addr, i, old, new):
+    """Atomically replace int64 number i at ``addr``, if ``old``, by ``new``; whether it
+    did."""
+    return _pcas(addr, i, old, new)
+
+
+@njit(cache=CACHE, nogil=True)
+def wait_at_least(addr, i, v, spins):
+    """Spin (without the GIL) until int64 number i at ``addr`` is >= v, at most ``spins``
+    times; whether it is."""
+    for _ in range(spins):
+        if _pload(addr, i) >= v:
+            return True
+        _pause()
+    return _pload(addr, i) >= v
+
+
+@njit(cache=CACHE, nogil=True)
+def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile, bias, hand):
     """Product number ``seq`` (1, 2, ...) of a team: c = A @ W (+ ``bias`` [N] on every
-    row, unless it is empty), the caller's side.
+    row, unless it is empty), the caller's side; says go first (``hand_go`` on ``hand``).
 
     A [M, K] starts at element ``aoff`` of ``abase`` (the worker's base array too). This
     thread computes panels [0, split); panels [split, P) are the worker's unless it has not
     claimed them when this thread is done, then this thread computes them too.
     """
+    hand_go(hand)
     team_post(flags, seq, aoff)
     init = bias.shape[0] > 0
     pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, 0, split, tile, init, bias, 0, 0, KCMAX,
