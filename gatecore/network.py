@@ -509,11 +509,10 @@ def _team_input_product(wihp, in2d, gx2d, flags, tiles, bias):
     M, I = in2d.shape
     GH = gx2d.shape[1]
     split = -(-GH // kpacked.NR) // 2
-    hand = overlap.hand()
     overlap.run_team(
         kpacked.team_worker, (flags, in2d, wihp, gx2d, M, I, GH, split, tiles[1], bias), flags,
         lambda _: kpacked.team_step(flags, 1, in2d, 0, wihp, gx2d, M, I, GH, split, tiles[0],
-                                    bias, hand), go=True)
+                                    bias, overlap.go_hand()), go=True)
 
 
 #: multiply-adds of recurrent products per kernel call of a team's time loop: the loop runs in
@@ -761,7 +760,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         # (not when x, read in place, overlaps this layer's y: an earlier output of this
         # workspace; its later rows would be overwritten before the worker had read them)
         alias = np.may_share_memory(layer_in, y)
-        items = (not keep and pown and not ext and item_halves(spec, dims, T, B, in2d.shape[1])
+        items = (not keep and pown and not ext and T > 0
+                 and item_halves(spec, dims, T, B, in2d.shape[1])
                  and not alias and overlap.enabled())
         pipe = (not keep and own and T > 1 and B > 0 and not items
                 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
@@ -855,17 +855,18 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 def targs(r, tile):
                     return (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp,
                             gh1, r["spr"], r["snr"], r["tpr"], r["exr"], y, d * Hr, wp, tile)
-                hand = overlap.hand()
                 overlap.run_team(
                     mod.team_forward_worker, (flags, *targs(rows1, tiles[1])), flags,
                     _team_loop(lambda k0, k1: mod.forward_team(k0, k1, flags,
-                                                               *targs(rows, tiles[0]), hand),
+                                                               *targs(rows, tiles[0]),
+                                                               overlap.go_hand()),
                                T, _step_macs(spec, dims, B), False), go=True)
             elif items:  # two halves of the batch, input products included, on two threads
-                hand, bh = overlap.hand(), B // 2
+                bh = B // 2
                 a0 = (in2d, wihp, *args, 0, T, False, 0, bh)
-                a1 = (hand, no_job, in2d, wihp, *fargs(rows1, tiles[1]), 0, T, False, bh, B)
-                overlap.run_pair(lambda: mod.forward_items(hand, overlap.job_state(), *a0),
+                a1 = (0, no_job, in2d, wihp, *fargs(rows1, tiles[1]), 0, T, False, bh, B)
+                overlap.run_pair(lambda: mod.forward_items(overlap.go_hand(),
+                                                           overlap.job_state(), *a0),
                                  lambda: mod.forward_items(*a1), go=True)
             elif pipe:
                 _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d, wihp, tiles)
@@ -1004,11 +1005,11 @@ def run_backward(tape: Tape, dy, dstate_n):
                             d_out if has_dy else dummy_dy, has_dy, d * Hr, dhr, ds, dax, dah1,
                             dhnew, dex_buf, r["dahr"], r["spr"], r["snr"], r["dsr"], r["dspr"],
                             r["dur"], r["exr"], r["dexr"], wp, tile)
-                hand = overlap.hand()
                 overlap.run_team(
                     mod.team_backward_worker, (flags, *targs(rows1, tiles[1])), flags,
                     _team_loop(lambda k0, k1: mod.backward_team(k0, k1, flags,
-                                                                *targs(rows, tiles[0]), hand),
+                                                                *targs(rows, tiles[0]),
+                                                                overlap.go_hand()),
                                T, _step_macs(spec, dims, B), True), go=True)
             else:
                 mod.backward_dir(*args, 0, T, False, False)

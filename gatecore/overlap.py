@@ -101,16 +101,20 @@ def _worker_pool() -> _Pool:
     global _pool
     with _pool_lock:
         if _pool is None:
+            _load_hand_over()
             _calibrate_pause()
             _pool = _Pool()
         return _pool
 
 
 def _env_linger_us() -> float:
+    """GATECORE_WORKER_SPIN_US as a number of microseconds in [0, 1e6] (1000 if unset or
+    not a finite number)."""
     try:
-        return max(0.0, float(os.environ.get("GATECORE_WORKER_SPIN_US", "1000")))
+        v = float(os.environ.get("GATECORE_WORKER_SPIN_US", "1000"))
     except ValueError:
         return 1000.0
+    return min(1e6, max(0.0, v)) if v == v and abs(v) != float("inf") else 1000.0
 
 
 #: how long (microseconds) the worker spins after a task, ready for the next call's job,
@@ -121,6 +125,23 @@ def _env_linger_us() -> float:
 #: likewise between parallel regions.
 LINGER_US = _env_linger_us()
 _pause_ns = 30.0  # one spin's time, measured when the worker is first needed
+
+
+def _load_hand_over() -> None:
+    """Call each compiled hand-over function once on scratch flags, before the worker
+    exists: a first call loads it (about 80 KB of Python objects, and time), which must not
+    happen in some later call and not in others, whichever paths its timing takes."""
+    scratch = np.zeros(_kp.HAND + _kp.FLAGS, np.int64)
+    addr = scratch.ctypes.data
+    _kp.hand_post(addr)
+    _kp.hand_go_now(addr)
+    _kp.hand_store(addr, 0, 0)
+    _kp.hand_add(addr, 0, 0)
+    _kp.hand_cas(addr, 0, 1, 1)
+    _kp.wait_at_least(addr, 0, 0, 1)
+    _kp.linger(addr, 0, addr + 8 * _kp.HAND_QUEUED + 8)
+    _kp.team_stop(scratch[_kp.HAND:], 0, 0)
+    _kp.wait_exited(scratch[_kp.HAND:], 0)
 
 
 def _calibrate_pause() -> None:
@@ -140,18 +161,20 @@ def _calibrate_pause() -> None:
 
 
 def _linger_spins() -> int:
-    if LINGER_US <= 0:
+    us = LINGER_US
+    if not us > 0:
         return 0
-    return int(LINGER_US * 1000.0 / _pause_ns) + 1
+    return int(min(us, 1e6) * 1000.0 / _pause_ns) + 1
 
 
 class _Job:
     """A task for the worker: run once by whoever first takes it from the pool's queue or
     from ``_slot``, unless cancelled first. ``_state[0]``: 0 new, 1 running, 2 done, 3
     cancelled. The caller waits for it by spinning on that flag without the GIL (the worker
-    is running: a sleep and its wake-up cost more than the wait), then by polling."""
+    is running: a sleep and its wake-up cost more than the wait), then by polling it with
+    sleeps. ``future``: the pool's future when it was submitted there (cancelled with it)."""
 
-    __slots__ = ("_state", "addr", "cpus", "task", "fpc", "error", "linger")
+    __slots__ = ("_state", "addr", "cpus", "task", "fpc", "error", "linger", "future")
 
     def __init__(self, cpus, task, fpc, linger: bool = True) -> None:
         self._state = np.zeros(1, np.int64)
@@ -161,6 +184,7 @@ class _Job:
         self.fpc = fpc
         self.error = None
         self.linger = linger  # whether the worker lingers after it (_linger)
+        self.future = None
 
     def run(self) -> None:
         """Worker: run the task unless cancelled; errors are kept for ``result``. The state
@@ -173,8 +197,14 @@ class _Job:
             self.error = exc
 
     def cancel(self) -> bool:
-        """Stop the job from starting; whether it had not (it will not run then)."""
-        return _kp.hand_cas(self.addr, 0, 0, 3)
+        """Stop the job from starting; whether it had not (it will not run then; a queued
+        pool task for it is dropped too, so that it does not hold back posts)."""
+        if not _kp.hand_cas(self.addr, 0, 0, 3):
+            return False
+        fut = self.future
+        if fut is not None and fut.cancel():  # (_dequeued will not run: uncount it here)
+            _kp.hand_add(_hand_addr, _kp.HAND_QUEUED, -1)
+        return True
 
     def cancelled(self) -> bool:
         return int(self._state[0]) == 3
@@ -185,10 +215,15 @@ class _Job:
         return _kp.wait_at_least(self.addr, 0, 2, spins)
 
     def wait(self) -> None:
-        """Until the job has finished or was cancelled (interruptible by Ctrl-C: see
+        """Until the job has finished or was cancelled: spinning first, then polling with
+        sleeps of 50 us growing to 1 ms (interruptible by Ctrl-C: see
         ``_wait_uninterrupted``)."""
-        while not self.spin(_EXIT_SPINS):
-            time.sleep(5e-5)
+        if self.spin(_EXIT_SPINS):
+            return
+        nap = 5e-5
+        while self._state[0] < 2:
+            time.sleep(nap)
+            nap = min(1e-3, nap * 2)
 
     def result(self) -> None:
         self.wait()
@@ -200,7 +235,12 @@ def _serve(job) -> None:
     """The worker's pool task: run ``job``, then the jobs posted while it lingers."""
     while job is not None:
         job.run()
-        job = _linger(job)
+        try:
+            job = _linger(job)
+        except BaseException:  # (never leave a caller waiting for a job marked running)
+            _kp.hand_cas(job.addr, 0, 1, 2)
+            _kp.hand_store(_hand_addr, _kp.HAND_STATE, 0)
+            raise
 
 
 def _linger(done):
@@ -246,6 +286,12 @@ def job_state() -> int:
     handed to the worker (``packed.job_finish`` waits on it), else 0."""
     job = _current
     return job.addr if job is not None and _current_thread == threading.get_ident() else 0
+
+
+def go_hand() -> int:
+    """``hand()`` for a call that has handed the worker a job (``job_state``), else 0: a
+    call not alone in flight must not say go for another call's job."""
+    return _hand_addr if job_state() else 0
 
 
 def _load_getcpu():
@@ -515,9 +561,9 @@ def _worker_for(task, stop, wanted: bool = True, exited=None, go: bool = False,
     caller's first compiled work starts (``packed.hand_go`` on ``hand()``), so that the
     worker, taking the GIL, finds it free (a thread that waits for the GIL sleeps, and
     waking it took 25-50 us here). The caller waits for the job's end by spinning first:
-    the worker marks it done once it lingers without the GIL. With ``linger`` false the
-    worker goes back to sleep after this task instead (the caller's next work runs on
-    OpenBLAS's threads, which a spinning worker would slow down).
+    the worker marks it done once it lingers, without the GIL. With ``linger`` false the
+    worker marks it done from Python and goes back to sleep instead (the caller's next work
+    runs on OpenBLAS's threads, which a spinning worker would slow down).
     """
     global _active, _current, _current_thread
     pinned = None
@@ -537,7 +583,7 @@ def _worker_for(task, stop, wanted: bool = True, exited=None, go: bool = False,
                         _kp.hand_go_now(_hand_addr)
                 else:
                     try:
-                        _worker_pool().submit(_serve, job)
+                        job.future = _worker_pool().submit(_serve, job)
                     except RuntimeError:  # interpreter shutting down: no new threads
                         job = None
                 if job is not None and job.linger:
@@ -598,7 +644,7 @@ def run_team(worker, args, flags, body, go: bool = False) -> None:
         try:
             return worker(*args)
         except BaseException:  # (on a normal return team_next has set EXITED, or the caller
-            flags[EXITED] = 1  # waits for the future: a later call may have zeroed the flags
+            flags[EXITED] = 1  # waits for the job: a later call may have zeroed the flags
             raise              # since, so never set it here then)
 
     def stop():  # (compiled: the worker, stopped, finds the GIL free; see packed.team_stop)

@@ -545,37 +545,55 @@ class overlap_disabled:
         overlap.enabled = self.saved
 
 
-def test_a_lingering_worker_takes_the_next_job_without_the_pool():
+def test_a_lingering_worker_takes_the_next_job_without_the_pool(monkeypatch):
     """After a task the worker spins (LINGER_US) and takes a posted job; without linger
-    it returns to its pool (state 0) and the next job goes through the pool."""
+    it returns to its pool (state 0) after its task."""
     from gatecore.kernels import packed as kp
-    if overlap.LINGER_US <= 0:
-        pytest.skip("GATECORE_WORKER_SPIN_US=0")
+    monkeypatch.setattr(overlap, "LINGER_US", 200000.0)  # (0.2 s: a loaded machine too)
     ran = []
-    overlap.run_pair(lambda: None, lambda: ran.append(threading.get_ident()))
-    # the worker ran the first task or the caller did; either way it lingers soon
-    deadline = time.perf_counter() + 5
+
+    def hand_over(job):  # posted if the worker lingers, else through its pool
+        if overlap._post(job):
+            kp.hand_go_now(overlap.hand())
+            return True
+        job.future = overlap._worker_pool().submit(overlap._serve, job)
+        return False
+
+    hand_over(overlap._Job(None, lambda: ran.append(1), None))
+    deadline = time.perf_counter() + 10
     while overlap._hand[kp.HAND_STATE] != 1 and time.perf_counter() < deadline:
         time.sleep(1e-4)
-    if overlap._hand[kp.HAND_STATE] != 1:
-        pytest.skip("the worker did not start (a loaded machine)")
+    assert overlap._hand[kp.HAND_STATE] == 1  # lingering after its task
     job = overlap._Job(None, lambda: ran.append(threading.get_ident()), None)
-    assert overlap._post(job)
-    kp.hand_go_now(overlap.hand())
+    assert hand_over(job)
     job.result()
     assert ran[-1] != threading.get_ident()
-    saved = overlap.LINGER_US
-    overlap.LINGER_US = 0
-    try:
-        job = overlap._Job(None, lambda: ran.append(2), None)
-        deadline = time.perf_counter() + 5
-        while not overlap._post(job) and time.perf_counter() < deadline:
-            time.sleep(1e-4)
-        kp.hand_go_now(overlap.hand())
-        job.result()
-        assert overlap._hand[kp.HAND_STATE] == 0  # (no linger after it)
-    finally:
-        overlap.LINGER_US = saved
+    job = overlap._Job(None, lambda: ran.append(2), None, linger=False)
+    hand_over(job)
+    job.result()
+    deadline = time.perf_counter() + 10
+    while overlap._hand[kp.HAND_STATE] != 0 and time.perf_counter() < deadline:
+        time.sleep(1e-4)
+    assert overlap._hand[kp.HAND_STATE] == 0 and ran[-1] == 2  # (no linger after it)
+
+
+def test_an_error_after_a_task_does_not_leave_its_caller_waiting(monkeypatch):
+    """_linger failing on the worker (here: a bad spin count) marks the job done anyway."""
+    def boom(done):
+        raise OverflowError("spins")
+    monkeypatch.setattr(overlap, "_linger", boom)
+    job = overlap._Job(None, lambda: None, None)
+    fut = overlap._worker_pool().submit(overlap._serve, job)
+    job.result()
+    with pytest.raises(OverflowError):
+        fut.result(timeout=10)
+
+
+def test_worker_spin_setting_is_bounded(monkeypatch):
+    for value, want in (("inf", 1000.0), ("nan", 1000.0), ("-5", 0.0), ("1e30", 1e6),
+                        ("x", 1000.0), ("250", 250.0)):
+        monkeypatch.setenv("GATECORE_WORKER_SPIN_US", value)
+        assert overlap._env_linger_us() == want
 
 
 def test_a_cancelled_posted_job_never_runs():

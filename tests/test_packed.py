@@ -277,7 +277,7 @@ def test_team_stops_its_worker_when_the_body_raises():
 
     def body(interrupted):
         kp.team_step(flags, 1, a, 0, bp, out, M, K, N, 1, tiles[0], no_bias,
-                     0)  # (no go: the worker starts after GO_SPINS)
+                     0)  # (no hand: run_team without go=True said go at once)
         raise RuntimeError("boom")
 
     no_bias = np.zeros(0, np.float32)

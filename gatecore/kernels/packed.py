@@ -1227,8 +1227,8 @@ def linger(hand, spins, job):
     returns True; or until about ``spins`` pauses have passed or a task is queued in the
     pool: then the state goes back to 0, unless a job was posted meanwhile (returns whether
     one was). Addresses, not arrays: no NRT allocation per call."""
+    _pstore(hand, HAND_STATE, 1)  # (first: a caller that sees its job done can post)
     _pcas(job, 0, 1, 2)
-    _pstore(hand, HAND_STATE, 1)
     posted = -1
     for i in range(spins):
         s = _pload(hand, HAND_STATE)
