@@ -118,7 +118,8 @@ def _env_linger_us() -> float:
 
 
 #: how long (microseconds) the worker spins after a task, ready for the next call's job,
-#: before it sleeps in its pool (``GATECORE_WORKER_SPIN_US``, read at import; 0: never).
+#: before it sleeps in its pool (``GATECORE_WORKER_SPIN_US``, read at import; 0: it sleeps
+#: at once).
 #: Waking a sleeping thread took 30-50 us here at each end of a call (this VM's idle CPUs
 #: halt), so back-to-back calls that use the worker each paid about 80 us: a call of
 #: LSTM T=100, B=8, H=64 takes about 0.25 ms. OpenMP runtimes and ONNX Runtime's pool spin
