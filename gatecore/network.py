@@ -748,7 +748,6 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     rows1 = _rows(ws, dtype, spec, H, "r1_") if (team or pown) else None
     w2c = whrc = no_whr  # empty unless the cell is two-stage / has a projection
     flags, tiles, no_wp = _team_buffers(ws, dtype)
-    no_job = 0  # (the worker's half waits for no job: packed.job_finish)
 
     xs = [x]
     buffers = {}
@@ -864,7 +863,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             elif items:  # two halves of the batch, input products included, on two threads
                 bh = B // 2
                 a0 = (in2d, wihp, *args, 0, T, False, 0, bh)
-                a1 = (0, no_job, in2d, wihp, *fargs(rows1, tiles[1]), 0, T, False, bh, B)
+                a1 = (0, 0, in2d, wihp, *fargs(rows1, tiles[1]), 0, T, False, bh, B)  # (no
+                # hand, no job: the worker's half says no go and waits for nobody)
                 overlap.run_pair(lambda: mod.forward_items(overlap.go_hand(),
                                                            overlap.job_state(), *a0),
                                  lambda: mod.forward_items(*a1), go=True)

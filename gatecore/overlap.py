@@ -594,9 +594,8 @@ def _worker_for(task, stop, wanted: bool = True, exited=None, go: bool = False,
         try:
             if job is not None:
                 stop()
-                if not (job.cancel() or (exited is not None and exited())
-                        or job.spin(_EXIT_SPINS)):
-                    _wait_uninterrupted(job)
+                if not (job.cancel() or (exited is not None and exited())):
+                    _wait_uninterrupted(job)  # (spins first: _Job.wait)
                 _current, _current_thread = None, 0
         finally:
             try:

@@ -525,7 +525,7 @@ def test_batch_halves_are_deterministic_and_leave_other_items_alone(rng):
     with products_path("items"):
         ys = [gatecore.forward("lstm", x, p, training=False, lengths=lengths)[0].copy()
               for _ in range(4)]
-        with overlap_disabled():
+        with another_call_in_flight():
             ys.append(gatecore.forward("lstm", x, p, training=False, lengths=lengths)[0].copy())
     for y in ys[1:]:
         np.testing.assert_array_equal(y, ys[0])
@@ -533,16 +533,17 @@ def test_batch_halves_are_deterministic_and_leave_other_items_alone(rng):
         assert not ys[0][n:, b].any()
 
 
-class overlap_disabled:
-    """Within products_path("items"): overlap.enabled() false (the caller runs both
-    halves)."""
+class another_call_in_flight:
+    """The worker counted as serving another call (``overlap._active``): a call takes the
+    halves path and its caller runs both halves."""
 
     def __enter__(self):
-        self.saved = overlap.enabled
-        overlap.enabled = lambda: False
+        with overlap._active_lock:
+            overlap._active += 1
 
     def __exit__(self, *exc):
-        overlap.enabled = self.saved
+        with overlap._active_lock:
+            overlap._active -= 1
 
 
 def test_a_lingering_worker_takes_the_next_job_without_the_pool(monkeypatch):

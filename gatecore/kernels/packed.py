@@ -1285,11 +1285,9 @@ def job_finish(job, spins):
 @njit(cache=CACHE, nogil=True)
 def team_stop(flags, job, spins):
     """Caller, at the end of a team: set flags[STOP], then ``job_finish`` (the stopped
-    worker goes on to linger, in compiled code: the caller finds the GIL free); whether
-    flags[EXITED] is set."""
+    worker goes on to linger, in compiled code: the caller finds the GIL free)."""
     _astore(flags, STOP, 1)
     job_finish(job, spins)
-    return _aload(flags, EXITED) != 0
 
 
 @njit(cache=CACHE, nogil=True)
