@@ -270,6 +270,33 @@ def item_halves(spec: CellSpec, dims: Dims, T: int, B: int, din: int) -> bool:
     return B >= ITEM_MIN_BATCH and T * B * G * H * (din + Hr) >= ITEM_MACS
 
 
+#: fewest items for ``item_team_cell``
+ITEM_TEAM_MIN_BATCH = 8
+#: most bytes of recurrent weights (weight_hh) for ``item_team_cell``: each half multiplies
+#: all of them every step, a team's thread half of them for twice the rows. Measured
+#: in-process A/B against the unit-split team, LSTM inference (noisy host): bench320 (1.6
+#: MB) 0.82-1.04, deepbench512 (4 MB) 0.93-1.01, GRU 1.00; H = 1024 (16 MB): B = 16 1.06,
+#: B = 32 1.04 (memory-bound: each half streams 16 MB a step)
+ITEM_TEAM_MAX_BYTES = 4 << 20
+#: forward_item_team's chunks of steps: this many times the multiply-adds of a team's (one
+#: call per chunk; the two halves meet at its end)
+ITEM_TEAM_CHUNK = 4
+
+
+def item_team_cell(spec: CellSpec, dims: Dims, dtype, B: int) -> bool:
+    """Whether an inference call (float32, on the packed products: a team's,
+    ``team_products``, or the kernels' own, ``packed_own``) of a one-stage cell without
+    projection runs each layer's forward as two halves of the batch on a team
+    (``forward_item_team`` in cpu_kernels.py.in): the input product over all steps split by
+    column panels on both threads, then items 0 .. B/2-1 on this thread and B/2 .. B-1 on
+    the worker, each with all hidden units (a team splitting every step by units meets at
+    every step; the halves of the batch only at the end of a chunk of steps). Other cells
+    take ``forward_items`` (ITEM_MACS) or the unit-split team."""
+    return (B >= max(2, ITEM_TEAM_MIN_BATCH) and kpacked.usable(dtype) and not spec.two_stage
+            and not dims.proj_size
+            and spec.g1 * dims.hidden_size * dims.hr * 4 <= ITEM_TEAM_MAX_BYTES)
+
+
 def overlap_pays(B: int, GH: int, Hr: int, H: int, I: int) -> bool:
     """Whether overlapping a layer's input product with its time loop should pay off.
 
@@ -543,6 +570,22 @@ def _team_loop(run, T, step_macs, reverse_order):
     return body
 
 
+def _item_team_loop(mod, T, step_macs, flags, in2d, wihp, binit, common, own_rows, rows_1, y,
+                    yoff, wp, tiles):
+    """body for run_team: forward_item_team over chunks of steps (as _team_loop; the first
+    call computes the input product first), stopping early on Ctrl-C."""
+    b = _team_chunks(T, step_macs * ITEM_TEAM_CHUNK)
+
+    def body(interrupted):
+        for i, (k0, k1) in enumerate(zip(b[:-1], b[1:])):
+            if interrupted():
+                return
+            mod.forward_item_team(k0, k1, 1 if i == 0 else i + 2, flags, in2d, wihp, binit,
+                                  *common, *own_rows, y, yoff, wp, tiles[0], *rows_1, tiles[1],
+                                  overlap.go_hand())
+    return body
+
+
 def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tiles):
     """forward_dir over all steps, the input product of later chunks on the worker (over
     ``wihp``, W_ih packed, when not None; else ``wihc``, W_ih^T, by ``_mm``).
@@ -753,16 +796,18 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     buffers = {}
     masks = []
     layer_in = x
+    item_team_ok = not keep and (team or pown) and item_team_cell(spec, dims, dtype, B)
     for k in range(L):
         y = views["y", k]
         in2d = layer_in.reshape(T * B, layer_in.shape[2])
         # (not when x, read in place, overlaps this layer's y: an earlier output of this
         # workspace; its later rows would be overwritten before the worker had read them)
         alias = np.may_share_memory(layer_in, y)
-        items = (not keep and pown and not ext and T > 0
-                 and item_halves(spec, dims, T, B, in2d.shape[1])
-                 and not alias and overlap.enabled())
-        pipe = (not keep and own and T > 1 and B > 0 and not items
+        halves = T > 0 and not alias and (team or item_halves(spec, dims, T, B, in2d.shape[1]))
+        iteam = item_team_ok and halves  # (without the worker: the caller runs both halves)
+        items = (not keep and pown and not ext and halves and not iteam
+                 and overlap.enabled())
+        pipe = (not keep and own and T > 1 and B > 0 and not items and not iteam
                 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
                 and overlap_pays(B, GH, Hr, H, in2d.shape[1]) and overlap.enabled()
                 and not alias)
@@ -776,7 +821,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             bih = group["bias_ih"] if dims.bias else zeros_bias
             bhh = group["bias_hh"] if dims.bias else zeros_bias
             wp = no_wp  # (team: weight_hh[:G1H] packed gate by gate, for more than one item)
-            if T * B and team:  # packed on two threads, no BLAS (see team_products)
+            if T * B and (team or iteam):  # packed on two threads, no BLAS (team_products)
                 # (gx = x W_ih^T + b_ih, + b_hh too for the kernels' FUSE cells: see
                 # _team_fwd_half in cpu_kernels.py.in)
                 binit = bih
@@ -784,7 +829,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     binit = views["binit"]
                     np.add(bih, bhh, out=binit)
                 wihp, wp = _team_packs(pk, group, ws, dtype, G1, H, B)
-                _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
+                if not iteam:  # (forward_item_team's first job)
+                    _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
                 if (pipe or items) and kpacked.usable(dtype):  # packed W_ih: the worker's
@@ -835,7 +881,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     if need:
                         transpose_into(whr, whrc)
             wp1 = wp2 = wpr = no_wp
-            if pown:  # packed once for prepared parameters, else into the workspace
+            if pown and not iteam:  # packed once for prepared parameters, else into the
+                # workspace
                 wp1 = _packed_rows(pk, "w1p", whh, G1H, ws, dtype)
                 if spec.two_stage:
                     wp2 = _packed_rows(pk, "w2p", whh[G1H:], G2H, ws, dtype)
@@ -850,6 +897,15 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 for s_ in range(T):
                     np.matmul(hp[s_ if keep else s_ % 2], w1c, out=gh1)
                     mod.forward_dir(*args, s_, s_ + 1, True, 0, B)
+            elif iteam:  # two halves of the batch on a team (see item_team_cell)
+                common = (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp, gh1)
+                own_rows = tuple(rows[n] for n in ("spr", "snr", "tpr", "exr"))
+                rows_1 = tuple(rows1[n] for n in ("spr", "snr", "tpr", "exr"))
+                overlap.run_team(
+                    mod.item_team_worker, (flags, in2d, wihp, binit, *common, *rows_1, y,
+                                           d * Hr, wp, tiles[1]), flags,
+                    _item_team_loop(mod, T, _step_macs(spec, dims, B), flags, in2d, wihp, binit,
+                                    common, own_rows, rows_1, y, d * Hr, wp, tiles), go=True)
             elif team:  # (the worker has its own scratch rows and tile)
                 def targs(r, tile):
                     return (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp,

@@ -49,18 +49,25 @@ def products_path(path):
     items    own products, float32 inference from 4 items (packed own products): each
              layer's forward as two halves of the batch on two threads (forward_items);
              the rest as own
+    iteam    as items, but float32 one-stage cells without projection from 2 items take
+             the halves of the batch on a team (forward_item_team, after the input product
+             split by columns); the rest as items
     """
     from gatecore import network, overlap
 
     saved = (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
-             network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH)
+             network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH,
+             network.ITEM_TEAM_MIN_BATCH)
     saved_enabled, saved_pays = overlap.enabled, network.overlap_pays
     network.TEAM_MACS = 1 << 62
     network.ITEM_MACS = 1 << 62
-    if path == "items":
+    network.ITEM_TEAM_MIN_BATCH = 1 << 62
+    if path in ("items", "iteam"):
         network.ITEM_MACS = 0
         network.ITEM_MIN_BATCH = 4
         overlap.enabled = lambda: True
+    if path == "iteam":
+        network.ITEM_TEAM_MIN_BATCH = 2
     if path == "overlap":
         network.OVERLAP_MACS = 0
         overlap.enabled = lambda: True
@@ -77,6 +84,7 @@ def products_path(path):
         yield
     finally:
         (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
-         network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH) = saved
+         network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH,
+         network.ITEM_TEAM_MIN_BATCH) = saved
         overlap.enabled = saved_enabled
         network.overlap_pays = saved_pays

@@ -487,13 +487,17 @@ def test_the_worker_computes_with_the_callers_flush_to_zero_mode(monkeypatch):
 ])
 @pytest.mark.parametrize("B", [4, 9])
 @pytest.mark.parametrize("use_lengths", [False, True])
-def test_batch_halves_match_the_one_thread_forward(cell, opts, kw, B, use_lengths, rng,
+@pytest.mark.parametrize("path", ["items", "iteam"])
+def test_batch_halves_match_the_one_thread_forward(cell, opts, kw, B, use_lengths, path, rng,
                                                    monkeypatch):
     """Two halves of the batch on two threads give what one thread gives (the input
     products are the packed kernels' there, NumPy's here: the last bits may differ), and
-    the halves path is the one taken."""
+    the halves path is the one taken: forward_items (run_pair), or for one-stage cells
+    without projection on the iteam path forward_item_team (run_team; hidden size 7 and
+    16, whose gate blocks of panels are adjacent: one product over all gates)."""
     from gatecore import network
-    T, I, H = 13, 5, 7
+    T, I = 13, 5
+    H = 16 if use_lengths else 7
     p = gatecore.init_params(cell, I, H, dtype=np.float32, seed=3, **opts)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     lengths = rng.integers(1, T + 1, size=B) if use_lengths else None
@@ -501,28 +505,33 @@ def test_batch_halves_match_the_one_thread_forward(cell, opts, kw, B, use_length
         want = gatecore.forward(cell, x, p, training=False, lengths=lengths, **kw)
         want = (want[0].copy(), tuple(s.copy() for s in want[1]))
     taken = []
-    orig = overlap.run_pair
+    orig_pair, orig_team = overlap.run_pair, overlap.run_team
     monkeypatch.setattr(overlap, "run_pair",
-                        lambda *a, **k: taken.append(k.get("go")) or orig(*a, **k))
-    with products_path("items"):
+                        lambda *a, **k: taken.append(("pair", k.get("go"))) or orig_pair(*a, **k))
+    monkeypatch.setattr(overlap, "run_team",
+                        lambda *a, **k: taken.append(("team", k.get("go"))) or orig_team(*a, **k))
+    with products_path(path):
         for _ in range(3):  # (the worker posted to while it lingers after the first call)
             y, state_n, _ = gatecore.forward(cell, x, p, training=False, lengths=lengths, **kw)
             np.testing.assert_allclose(y, want[0], rtol=1e-5, atol=1e-6)
             for a, b in zip(state_n, want[1]):
                 np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     D = 2 if opts.get("bidirectional") else 1
-    assert taken == [True] * (3 * opts.get("num_layers", 1) * D)
+    one_stage = not kw and "proj_size" not in opts
+    kind = "team" if path == "iteam" and one_stage else "pair"
+    assert taken == [(kind, True)] * (3 * opts.get("num_layers", 1) * D)
     assert network.ITEM_MACS > 0  # (restored)
 
 
-def test_batch_halves_are_deterministic_and_leave_other_items_alone(rng):
+@pytest.mark.parametrize("path", ["items", "iteam"])
+def test_batch_halves_are_deterministic_and_leave_other_items_alone(path, rng):
     """The same bits on every call, whether the worker or the caller ran a half, and a
     padded item's outputs are zeros as on one thread."""
     T, B, I, H = 20, 8, 6, 9
     p = gatecore.init_params("lstm", I, H, dtype=np.float32, seed=4)
     x = rng.standard_normal((T, B, I)).astype(np.float32)
     lengths = np.array([20, 1, 5, 20, 3, 20, 7, 2])
-    with products_path("items"):
+    with products_path(path):
         ys = [gatecore.forward("lstm", x, p, training=False, lengths=lengths)[0].copy()
               for _ in range(4)]
         with another_call_in_flight():
@@ -531,6 +540,24 @@ def test_batch_halves_are_deterministic_and_leave_other_items_alone(rng):
         np.testing.assert_array_equal(y, ys[0])
     for b, n in enumerate(lengths):
         assert not ys[0][n:, b].any()
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_batch_halves_on_a_team_in_chunks_of_steps(cell, rng, monkeypatch):
+    """forward_item_team over one chunk of steps per call (a job each, the two halves
+    meeting after every chunk) gives the bits of one call over all steps, both directions."""
+    from gatecore import network
+    T, B, I, H = 11, 6, 4, 16
+    p = gatecore.init_params(cell, I, H, dtype=np.float32, seed=5, bidirectional=True)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    lengths = np.array([11, 4, 0, 11, 1, 9])
+    with products_path("iteam"):
+        want = gatecore.forward(cell, x, p, training=False, lengths=lengths)[0].copy()
+        monkeypatch.setattr(network, "TEAM_CHUNK_MACS", 1)  # (one step per chunk)
+        assert len(network._team_chunks(T, 1 << 20)) == T + 1
+        for _ in range(2):
+            y = gatecore.forward(cell, x, p, training=False, lengths=lengths)[0]
+            np.testing.assert_array_equal(y, want)
 
 
 class another_call_in_flight:

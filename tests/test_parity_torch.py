@@ -40,7 +40,8 @@ def configs(draw):
         # product on a second thread (gatecore.overlap), BLAS inside the kernels, or NumPy's
         # BLAS between one-step kernel calls (large steps of one-stage cells), or packed
         # products on two threads (float32 inference of one-stage cells)
-        products=draw(st.sampled_from(["own", "overlap", "blas", "numpy", "team", "items"])),
+        products=draw(st.sampled_from(["own", "overlap", "blas", "numpy", "team", "items",
+                                          "iteam"])),
     )
 
 

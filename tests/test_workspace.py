@@ -48,10 +48,14 @@ ALLOC_SCRIPT = textwrap.dedent("""
         network.overlap_pays = lambda *a: True
     else:
         network.OVERLAP_MACS = 1 << 62
-    network.ITEM_MACS = 0 if sys.argv[1] == "items" else 1 << 62  # (halves of the batch:
-    if sys.argv[1] == "items":  # one kernel call each, on either thread)
+    network.ITEM_MACS = 0 if sys.argv[1] in ("items", "iteam") else 1 << 62  # (halves of
+    if sys.argv[1] == "items":  # the batch: one kernel call each, on either thread)
         overlap.enabled = lambda: True
+        network.ITEM_TEAM_MIN_BATCH = 1 << 62
+    if sys.argv[1] == "iteam":  # (on a team: the worker off, as for team below)
+        overlap.enabled = lambda: False
     if sys.argv[1] == "team":  # packed products (float32, one-stage cells); the worker
+        network.ITEM_TEAM_MIN_BATCH = 1 << 62  # (the unit-split team in inference too)
         network.TEAM_MACS = 0    # off: whether it starts before the caller has done its
         network.OWN_PRODUCT_MACS = 0  # share is timing, and so would be the count of the
         overlap.enabled = lambda: False  # arrays boxed for it (once per product or loop)
@@ -78,7 +82,7 @@ ALLOC_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["serial", "overlap", "team", "items"])
+@pytest.mark.parametrize("mode", ["serial", "overlap", "team", "items", "iteam"])
 def test_steady_state_allocates_no_arrays(mode):
     """No array is allocated per call once the workspace is sized.
 
