@@ -796,7 +796,9 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     buffers = {}
     masks = []
     layer_in = x
-    item_team_ok = not keep and (team or pown) and item_team_cell(spec, dims, dtype, B)
+    # (training: a team's forward only, whose tape is the same; the one-thread path's
+    # gx holds no biases)
+    item_team_ok = (team or (pown and not keep)) and item_team_cell(spec, dims, dtype, B)
     for k in range(L):
         y = views["y", k]
         in2d = layer_in.reshape(T * B, layer_in.shape[2])

@@ -560,6 +560,36 @@ def test_batch_halves_on_a_team_in_chunks_of_steps(cell, rng, monkeypatch):
             np.testing.assert_array_equal(y, want)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_training_forward_as_halves_of_the_batch_keeps_the_team_tape(cell, rng, monkeypatch):
+    """A team's training forward run as the halves of the batch (forward_item_team) leaves
+    the tape the unit-split team leaves: outputs and every gradient the same bits (8 items:
+    blocks of 4 rows in both; a block of one row sums k in another order, _k1i)."""
+    from gatecore import network
+    T, B, I, H = 9, 8, 5, 16
+    p = gatecore.init_params(cell, I, H, dtype=np.float32, seed=6, num_layers=2,
+                             bidirectional=True)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    lengths = np.array([9, 2, 0, 9, 5, 1, 8, 3])
+    runs = []
+    orig = network.item_team_cell
+    for halves in (False, True):
+        with products_path("team"):
+            if halves:
+                monkeypatch.setattr(network, "ITEM_TEAM_MIN_BATCH", 2)
+            taken = []
+            monkeypatch.setattr(network, "item_team_cell",
+                                lambda *a: taken.append(orig(*a)) or taken[-1])
+            y, sn, tape = gatecore.forward(cell, x, p, lengths=lengths)
+            dx, ds0, dp = gatecore.backward(tape, dy)
+            assert taken == [halves]
+            runs.append([y.copy(), dx.copy(), *(s.copy() for s in ds0),
+                         *(v.copy() for v in dp.values())])
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 class another_call_in_flight:
     """The worker counted as serving another call (``overlap._active``): a call takes the
     halves path and its caller runs both halves."""
