@@ -51,7 +51,8 @@ def products_path(path):
              the rest as own
     iteam    as items, but float32 one-stage cells without projection from 2 items take
              the halves of the batch on a team (forward_item_team, after the input product
-             split by columns); the rest as items
+             split by columns; training: the team, whose forward runs so too); the rest
+             as items
     """
     from gatecore import network, overlap
 
@@ -68,6 +69,7 @@ def products_path(path):
         overlap.enabled = lambda: True
     if path == "iteam":
         network.ITEM_TEAM_MIN_BATCH = 2
+        network.TEAM_MACS = 0  # (2 and 3 items: a team's, packed_own needs 4)
     if path == "overlap":
         network.OVERLAP_MACS = 0
         overlap.enabled = lambda: True
