@@ -806,9 +806,11 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         # (not when x, read in place, overlaps this layer's y: an earlier output of this
         # workspace; its later rows would be overwritten before the worker had read them)
         alias = np.may_share_memory(layer_in, y)
-        halves = T > 0 and not alias and (team or item_halves(spec, dims, T, B, in2d.shape[1]))
-        iteam = item_team_ok and halves and not ext  # (no worker: the caller runs both)
-        items = (not keep and pown and not ext and halves and not iteam
+        halves = T > 0 and (team or item_halves(spec, dims, T, B, in2d.shape[1]))
+        # (iteam: the input product is complete before either half writes y, so an x
+        # aliasing y is fine; without a worker the caller runs both halves)
+        iteam = item_team_ok and halves and not ext
+        items = (not keep and pown and not ext and halves and not alias and not iteam
                  and overlap.enabled())
         pipe = (not keep and own and T > 1 and B > 0 and not items and not iteam
                 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS

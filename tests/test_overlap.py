@@ -590,6 +590,22 @@ def test_training_forward_as_halves_of_the_batch_keeps_the_team_tape(cell, rng, 
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_halves_on_a_team_read_an_output_of_their_own_workspace(cell, rng):
+    """x that is this workspace's previous y (overwritten by this call's y) gives the bits
+    of a copy: the input product is complete before either half writes y."""
+    T, B, H = 30, 8, 16
+    p1 = gatecore.init_params(cell, 5, H, dtype=np.float32, seed=7)
+    p2 = gatecore.init_params(cell, H, H, dtype=np.float32, seed=8)
+    x = rng.standard_normal((T, B, 5)).astype(np.float32)
+    with products_path("iteam"):
+        ws = gatecore.Workspace()
+        y1 = gatecore.forward(cell, x, p1, workspace=ws, training=False)[0]
+        want = gatecore.forward(cell, y1.copy(), p2, training=False)[0].copy()
+        got = gatecore.forward(cell, y1, p2, workspace=ws, training=False)[0]
+        np.testing.assert_array_equal(got, want)
+
+
 class another_call_in_flight:
     """The worker counted as serving another call (``overlap._active``): a call takes the
     halves path and its caller runs both halves."""
