@@ -572,22 +572,6 @@ def _team_loop(run, T, step_macs, reverse_order):
     return body
 
 
-def _item_team_loop(mod, T, step_macs, flags, in2d, wihp, binit, common, own_rows, rows_1, y,
-                    yoff, wp, tiles):
-    """body for run_team: forward_item_team over chunks of steps (as _team_loop; the first
-    call computes the input product first), stopping early on Ctrl-C."""
-    b = _team_chunks(T, step_macs * ITEM_TEAM_CHUNK)
-
-    def body(interrupted):
-        for i, (k0, k1) in enumerate(zip(b[:-1], b[1:])):
-            if interrupted():
-                return
-            mod.forward_item_team(k0, k1, 1 if i == 0 else i + 2, flags, in2d, wihp, binit,
-                                  *common, *own_rows, y, yoff, wp, tiles[0], *rows_1, tiles[1],
-                                  overlap.go_hand())
-    return body
-
-
 def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tiles):
     """forward_dir over all steps, the input product of later chunks on the worker (over
     ``wihp``, W_ih packed, when not None; else ``wihc``, W_ih^T, by ``_mm``).
@@ -639,6 +623,8 @@ def _products(own: bool, ext: bool):
 
 #: forward_dir's scratch rows, in its argument order
 _FWD_ROWS = ("axr", "ahr", "spr", "snr", "ur", "tpr")
+#: a team's forward step's (_team_fwd_half), in its argument order
+_TEAM_FWD_ROWS = ("spr", "snr", "tpr", "exr")
 
 
 def _rows(ws, dtype, spec, H, prefix="r_"):
@@ -899,23 +885,30 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                         ex, lengths, bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf,
                         *(r[n] for n in _FWD_ROWS), y, d * Hr, own, wp1, wp2, wpr, tile)
             args = fargs(rows, tiles[0])
+
+            def targs(r, tile):
+                """_team_fwd_half's arguments from gx on, with the scratch rows ``r`` and the
+                tile of one thread (a team's, or the halves of the batch on a team)."""
+                return (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp, gh1,
+                        *(r[n] for n in _TEAM_FWD_ROWS), y, d * Hr, wp, tile)
             if ext:
                 for s_ in range(T):
                     np.matmul(hp[s_ if keep else s_ % 2], w1c, out=gh1)
                     mod.forward_dir(*args, s_, s_ + 1, True, 0, B)
             elif iteam:  # two halves of the batch on a team (see item_team_cell)
-                common = (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp, gh1)
-                own_rows = tuple(rows[n] for n in ("spr", "snr", "tpr", "exr"))
-                rows_1 = tuple(rows1[n] for n in ("spr", "snr", "tpr", "exr"))
+                head = (flags, in2d, wihp, binit)
+                rows_1 = (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1])
+                seq = [1]  # (the first call's jobs: 1, the input product, and 2)
+
+                def run(k0, k1):
+                    mod.forward_item_team(k0, k1, seq[0], *head, *targs(rows, tiles[0]),
+                                          *rows_1, overlap.go_hand())
+                    seq[0] += 2 if seq[0] == 1 else 1
                 overlap.run_team(
-                    mod.item_team_worker, (flags, in2d, wihp, binit, *common, *rows_1, y,
-                                           d * Hr, wp, tiles[1]), flags,
-                    _item_team_loop(mod, T, _step_macs(spec, dims, B), flags, in2d, wihp, binit,
-                                    common, own_rows, rows_1, y, d * Hr, wp, tiles), go=True)
-            elif team:  # (the worker has its own scratch rows and tile)
-                def targs(r, tile):
-                    return (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp,
-                            gh1, r["spr"], r["snr"], r["tpr"], r["exr"], y, d * Hr, wp, tile)
+                    mod.item_team_worker, (*head, *targs(rows1, tiles[1])), flags,
+                    _team_loop(run, T, _step_macs(spec, dims, B) * ITEM_TEAM_CHUNK, False),
+                    go=True)
+            elif team:
                 overlap.run_team(
                     mod.team_forward_worker, (flags, *targs(rows1, tiles[1])), flags,
                     _team_loop(lambda k0, k1: mod.forward_team(k0, k1, flags,

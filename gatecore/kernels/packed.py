@@ -59,7 +59,7 @@ from numba.extending import intrinsic, models, register_model
 from .. import config
 
 __all__ = ["pack_rows", "pack_cols", "pgemm", "pgemm_at", "pgemm_init", "pgemm_tn", "tn_scratch",
-           "team_step", "team_worker", "team_post", "team_claim", "team_wait", "team_next",
+           "team_step", "team_second_half", "team_worker", "team_post", "team_claim", "team_wait", "team_next",
            "team_done", "FLAGS", "WIDE", "packed_size", "usable", "fp_control", "set_fp_control",
            "HAND", "HAND_STATE", "HAND_QUEUED", "linger", "hand_post", "hand_go", "hand_go_now",
            "job_finish", "team_stop", "hand_store", "hand_add", "hand_cas", "wait_at_least"]
@@ -1337,14 +1337,20 @@ def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile, bias, hand):
     """
     hand_go(hand)
     team_post(flags, seq, aoff)
-    init = bias.shape[0] > 0
-    pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, 0, split, tile, init, bias, 0, 0, KCMAX,
-               AFLOATS)
+    pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, 0, split, tile, bias.shape[0] > 0, bias, 0, 0,
+               KCMAX, AFLOATS)
     if team_claim(flags, seq):
-        pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, split, -(-N // NR), tile, init, bias, 0,
-                   0, KCMAX, AFLOATS)
+        team_second_half(abase, aoff, bp, c, M, K, N, split, tile, bias)
     else:
         team_wait(flags, seq)
+
+
+@njit(cache=CACHE, nogil=True)
+def team_second_half(abase, aoff, bp, c, M, K, N, split, tile, bias):
+    """Panels [split, P) of ``team_step``'s product, on whichever thread claimed them (its
+    own ``tile``)."""
+    pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, split, -(-N // NR), tile, bias.shape[0] > 0,
+               bias, 0, 0, KCMAX, AFLOATS)
 
 
 @njit(cache=CACHE, nogil=True)
@@ -1354,15 +1360,13 @@ def team_worker(flags, abase, bp, c, M, K, N, split, tile, bias):
     the number computed."""
     last = 0
     done = 0
-    init = bias.shape[0] > 0
     while True:
         s = team_next(flags, last)
         if s == 0:
             return done
         last = s
         if team_claim(flags, s):
-            pgemm_init(abase, flags[AOFF], bp, c, 0, N, M, K, N, split, -(-N // NR), tile, init,
-                       bias, 0, 0, KCMAX, AFLOATS)
+            team_second_half(abase, flags[AOFF], bp, c, M, K, N, split, tile, bias)
             team_done(flags, s)
             done += 1
 
