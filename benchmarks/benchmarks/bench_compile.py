@@ -1,8 +1,9 @@
 """Import and first-call (compile) time, each sample in a fresh process (``timeraw_``).
 
 ``cache="warm"``: Numba's on-disk cache was filled by an earlier process (the cold start a
-user sees on every run after the first); ``cache="empty"``: a fresh ``GATECORE_CACHE_DIR``,
-so every kernel compiles (the first run after installing or upgrading).
+user sees on every run after the first); ``cache="empty"``: a fresh ``GATECORE_CACHE_DIR``
+and ``NUMBA_CACHE_DIR`` (Numba's cache of gatecore's own modules, the packed products), so
+every kernel compiles (the first run after installing or upgrading).
 """
 
 from __future__ import annotations
@@ -22,10 +23,12 @@ def _setup(cache: str, cell: str, train: bool) -> str:
         return ("import atexit, os, shutil, tempfile\n"
                 "d = tempfile.mkdtemp(prefix='gatecore-asv-cold-')\n"
                 "atexit.register(shutil.rmtree, d, True)\n"
-                "os.environ['GATECORE_CACHE_DIR'] = d\n")
+                "os.environ['GATECORE_CACHE_DIR'] = d\n"
+                "os.environ['NUMBA_CACHE_DIR'] = os.path.join(d, 'numba')\n")
     warm_dir = f"{tempfile.gettempdir()}/gatecore-asv-warm"
     return ("import os, subprocess, sys\n"
             f"os.environ['GATECORE_CACHE_DIR'] = {warm_dir!r}\n"
+            f"os.environ['NUMBA_CACHE_DIR'] = {warm_dir + '/numba'!r}\n"
             f"subprocess.run([sys.executable, '-c', {_code(cell, train)!r}], check=True)\n")
 
 
