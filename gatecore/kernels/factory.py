@@ -157,12 +157,46 @@ def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
             prepare_cpu_target()
             with gc_paused():  # (no compilation here: the kernels compile at their first call)
                 mod = _build(spec, dname, fp)
+            _load_cached_callees(mod)
             _cache[(fp, dname)] = mod
         if len(_by_id) > 256:  # drop entries whose spec is gone
             for key in [k for k, (ref, _) in _by_id.items() if ref() is None]:
                 del _by_id[key]
         _by_id[(id(spec), dname)] = (weakref.ref(spec), mod)
         return mod
+
+
+#: the generated module's functions with fast-math flags (RULE_MATH's "contract"; _mmd_at's
+#: "reassoc" too) that other kernels call, callees before their callers: see
+#: _load_cached_callees
+_FASTMATH_CALLEES = ("_mm", "_mmd_at", "_rule_fwd_at", "_rule_bwd_at", "forward_dir")
+
+
+def _load_cached_callees(mod: types.ModuleType) -> None:
+    """Load the disk-cached compilations of the module's fast-math callees now, before any
+    kernel that calls them, so that a kernel runs the same callee code whether it was
+    compiled in this process or loaded from Numba's cache, and whichever kernel ran first.
+
+    A kernel's library holds a copy of each callee (its LLVM IR, linked in and optimized
+    again with the kernel) and calls it by the callee's symbol, which the JIT binds to the
+    first definition loaded. A process that compiles a kernel compiles its callees first,
+    each on its own, so the calls bind to those; a process that loaded a kernel alone from
+    the cache bound them to that kernel's copy. Under fast math the two need not agree: the
+    second optimization may swap the operands of ``a*b + c*d``, and "contract" then fuses
+    the other product (the peephole LSTM's ``f*c_prev + i*g``: last-bit differences from
+    t = 1 between a first run and later runs). Best effort (Numba's cache index is
+    internal): on any failure the callees load lazily, as before.
+    """
+    for name in _FASTMATH_CALLEES:
+        disp = mod.__dict__.get(name)
+        try:
+            index = disp._cache._cache_file._load_index()  # (NullCache: no _cache_file)
+            magic = disp.targetctx.codegen().magic_tuple()
+            for key in index:
+                if key[1] == magic and key[0] not in disp.overloads:
+                    disp.compile(key[0])  # (a cache hit; a missing data file compiles)
+        except Exception:  # noqa: BLE001 - Numba internals that may move
+            pass
 
 
 def _build(spec: CellSpec, dname: str, fp: str) -> types.ModuleType:
