@@ -166,10 +166,10 @@ def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
         return mod
 
 
-#: the generated module's functions with fast-math flags (RULE_MATH's "contract"; _mmd_at's
+#: the generated module's functions with fast-math flags (RULE_MATH's "contract"; _mmd's
 #: "reassoc" too) that other kernels call, callees before their callers: see
 #: _load_cached_callees
-_FASTMATH_CALLEES = ("_mm", "_mmd_at", "_rule_fwd_at", "_rule_bwd_at", "forward_dir")
+_FASTMATH_CALLEES = ("_mm", "_mmd", "_rule_fwd_at", "_rule_bwd_at", "forward_dir")
 
 
 def _load_cached_callees(mod: types.ModuleType) -> None:

@@ -819,28 +819,14 @@ def _pair_tail(a, ao, K, bp, bo, bo2, c, co, ldc, i0, i1, j0, nj, kk, acc, tile,
         i += r
 
 
-@njit(cache=CACHE, nogil=True, inline="always")
-def _flat(a):
-    """A 1-D view of C-contiguous ``a`` (any number of dimensions): the products count
-    elements from the data pointer, so one compiled version serves every caller's arrays."""
-    return a.reshape(a.size)
-
-
-# The products are compiled once, for 1-D arrays and plain (non-literal) int64 and bool
-# arguments: pgemm_at and pgemm_init (inlined wrappers) flatten the arrays and pass their
-# scalars as ``n + 0`` and ``init != False``. Numba compiles a function anew for each new
-# combination of argument types, and types a constant argument (0, True, KCMAX) as a literal
-# of its own: the kernels' callers made thirteen versions of this product (about 5-11 s of
-# compiling each: 202 s on a fresh machine for LSTM and GRU at four shapes, one of them
-# 62 s before the first small LSTM forward returned).
-@njit(cache=CACHE, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True)
 def pgemm_at(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, kcmax=KCMAX, afloats=AFLOATS):
     """As ``pgemm``, C [M, N] starting at element ``co`` of ``c`` with rows ``ldc`` elements
     apart (a block of columns of a wider array)."""
     pgemm_init(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, False, c, co, ldc, kcmax, afloats)
 
 
-@njit(cache=CACHE, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True)
 def pgemm_init(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, init, ci, cio, ldci, kcmax=KCMAX,
                afloats=AFLOATS):
     """As ``pgemm_at``; with ``init``, C = I + A @ W for I [M, N] at element ``cio`` of ``ci``
@@ -848,16 +834,7 @@ def pgemm_init(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, init, ci, cio, ldci
     of FMAs over k that starts from I's element instead of zero. A step's recurrent product
     starts from the step's input product, the input product from the bias (the kernels'
     teams). The kernels load I's blocks at their offset from C's data pointer (one code
-    path: a second source array made the micro-kernels' loops 10% slower). All arrays
-    C-contiguous float32 (``_flat``)."""
-    _pgemm(_flat(a), ao + 0, _flat(bp), _flat(c), co + 0, ldc + 0, M + 0, K + 0, N + 0, p0 + 0,
-           p1 + 0, _flat(tile), init != False, _flat(ci), cio + 0, ldci + 0,  # noqa: E712
-           kcmax + 0, afloats + 0)
-
-
-@njit(cache=CACHE, nogil=True)
-def _pgemm(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, init, ci, cio, ldci, kcmax, afloats):
-    """pgemm_init's product, over 1-D arrays (see there)."""
+    path: a second source array made the micro-kernels' loops 10% slower)."""
     kc = K
     if M > 96 and K > kcmax:
         kc = -(-K // -(-K // kcmax))
@@ -923,8 +900,8 @@ def _pgemm(a, ao, bp, c, co, ldc, M, K, N, p0, p1, tile, init, ci, cio, ldci, kc
                         i += r
                     continue
                 while i + MR <= i1 and i1 - i != 8:
-                    _block(a, ao + i * K + k0, K, bp, bo, c, co, ldc, i, MR + 0, j0, nj, kk,
-                           acc, tile, lb, ll)
+                    _block(a, ao + i * K + k0, K, bp, bo, c, co, ldc, i, MR, j0, nj, kk, acc,
+                           tile, lb, ll)
                     i += MR
                 while i < i1:  # 1 .. 5 rows left: blocks of at most 4
                     r = min(4, i1 - i)
@@ -1349,7 +1326,7 @@ def wait_at_least(addr, i, v, spins):
     return _pload(addr, i) >= v
 
 
-@njit(cache=CACHE, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True)
 def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile, bias, hand):
     """Product number ``seq`` (1, 2, ...) of a team: c = A @ W (+ ``bias`` [N] on every
     row, unless it is empty), the caller's side; says go first (``hand_go`` on ``hand``).
@@ -1357,34 +1334,21 @@ def team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile, bias, hand):
     A [M, K] starts at element ``aoff`` of ``abase`` (the worker's base array too). This
     thread computes panels [0, split); panels [split, P) are the worker's unless it has not
     claimed them when this thread is done, then this thread computes them too.
-    (Compiled once, as ``_pgemm``.)
     """
-    _team_step(flags, seq + 0, _flat(abase), aoff + 0, _flat(bp), _flat(c), M + 0, K + 0,
-               N + 0, split + 0, _flat(tile), _flat(bias), hand + 0)
-
-
-@njit(cache=CACHE, nogil=True)
-def _team_step(flags, seq, abase, aoff, bp, c, M, K, N, split, tile, bias, hand):
     hand_go(hand)
     team_post(flags, seq, aoff)
     pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, 0, split, tile, bias.shape[0] > 0, bias, 0, 0,
                KCMAX, AFLOATS)
     if team_claim(flags, seq):
-        _team_second_half(abase, aoff, bp, c, M, K, N, split, tile, bias)
+        team_second_half(abase, aoff, bp, c, M, K, N, split, tile, bias)
     else:
         team_wait(flags, seq)
 
 
-@njit(cache=CACHE, nogil=True, inline="always")
+@njit(cache=CACHE, nogil=True)
 def team_second_half(abase, aoff, bp, c, M, K, N, split, tile, bias):
     """Panels [split, P) of ``team_step``'s product, on whichever thread claimed them (its
-    own ``tile``). (Compiled once, as ``_pgemm``.)"""
-    _team_second_half(_flat(abase), aoff + 0, _flat(bp), _flat(c), M + 0, K + 0, N + 0,
-                      split + 0, _flat(tile), _flat(bias))
-
-
-@njit(cache=CACHE, nogil=True)
-def _team_second_half(abase, aoff, bp, c, M, K, N, split, tile, bias):
+    own ``tile``)."""
     pgemm_init(abase, aoff, bp, c, 0, N, M, K, N, split, -(-N // NR), tile, bias.shape[0] > 0,
                bias, 0, 0, KCMAX, AFLOATS)
 
