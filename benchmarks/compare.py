@@ -317,9 +317,10 @@ print(t1 - t0, t2 - t1)
 
 
 def _cold_once(cache_dir: str) -> dict:
-    # both caches in cache_dir: the generated kernels' (GATECORE_CACHE_DIR) and Numba's for
-    # gatecore's own compiled modules (NUMBA_CACHE_DIR; the packed products, in
-    # gatecore/kernels/__pycache__ otherwise), so that "empty" is a fresh machine's first call
+    # every cache in cache_dir: the generated kernels' sources (GATECORE_CACHE_DIR) and all
+    # of Numba's compiled code (NUMBA_CACHE_DIR: the generated kernels' and that of gatecore's
+    # own modules, the packed products, in gatecore/kernels/__pycache__ otherwise), so that
+    # "empty" is a fresh machine's first call
     env = dict(os.environ, GATECORE_CACHE_DIR=cache_dir,
                NUMBA_CACHE_DIR=os.path.join(cache_dir, "numba"))
     env.pop("GATECORE_NO_CACHE", None)

@@ -48,3 +48,18 @@ def test_fresh_and_cached_kernels_give_the_same_bits(tmp_path):
     fresh = _run(tmp_path, "peephole_lstm", "inf,train")  # compiles every kernel here
     assert _run(tmp_path, "peephole_lstm", "inf,train") == fresh  # all from the cache
     assert _run(tmp_path, "peephole_lstm", "train,inf") == fresh  # the other kernel first
+
+
+def test_every_fast_math_callee_is_preloaded():
+    """Each function of the kernel template compiled with fast-math flags and called by
+    another compiled function is in factory._FASTMATH_CALLEES (backward_dir has no caller)."""
+    import re
+    from importlib import resources
+
+    from gatecore.kernels import factory
+
+    src = resources.files("gatecore.kernels").joinpath("cpu_kernels.py.in").read_text()
+    fast = set(re.findall(r"@njit\([^)]*fastmath=[^\n]*\)\s*\ndef (\w+)\(", src))
+    assert {"_mm", "_mmd", "_rule_fwd_at", "forward_dir"} <= fast  # (the pattern still matches)
+    called = {name for name in fast if re.search(rf"[^\w.]{name}\(", src.replace(f"def {name}(", ""))}
+    assert called - set(factory._FASTMATH_CALLEES) == set()

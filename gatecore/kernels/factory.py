@@ -169,7 +169,10 @@ def cpu_kernels(spec: CellSpec, dtype) -> types.ModuleType:
 #: the generated module's functions with fast-math flags (RULE_MATH's "contract"; _mmd's
 #: "reassoc" too) that other kernels call, callees before their callers: see
 #: _load_cached_callees
-_FASTMATH_CALLEES = ("_mm", "_mmd", "_rule_fwd_at", "_rule_bwd_at", "forward_dir")
+_FASTMATH_CALLEES = ("_mm", "_mmd", "_rule_fwd_at", "_rule_bwd_at", "forward_dir",
+                     # (no fast math of their own, but callers of the rules' loops, which LLVM
+                     # could inline into them: their copies in the teams' kernels too)
+                     "_team_fwd_half", "_team_bwd_half", "_team_bwd_job")
 
 
 def _load_cached_callees(mod: types.ModuleType) -> None:
@@ -192,9 +195,11 @@ def _load_cached_callees(mod: types.ModuleType) -> None:
         try:
             index = disp._cache._cache_file._load_index()  # (NullCache: no _cache_file)
             magic = disp.targetctx.codegen().magic_tuple()
-            for key in index:
-                if key[1] == magic and key[0] not in disp.overloads:
-                    disp.compile(key[0])  # (a cache hit; a missing data file compiles)
+            folder = disp._cache._cache_file._cache_path
+            for key, data_name in index.items():
+                if (key[1] == magic and key[0] not in disp.overloads
+                        and os.path.exists(os.path.join(folder, data_name))):
+                    disp.compile(key[0])  # (a cache hit; only a file that fails to load compiles)
         except Exception:  # noqa: BLE001 - Numba internals that may move
             pass
 
