@@ -193,12 +193,11 @@ def _load_cached_callees(mod: types.ModuleType) -> None:
     for name in _FASTMATH_CALLEES:
         disp = mod.__dict__.get(name)
         try:
-            index = disp._cache._cache_file._load_index()  # (NullCache: no _cache_file)
+            cache_file = disp._cache._cache_file  # (NullCache: none)
             magic = disp.targetctx.codegen().magic_tuple()
-            folder = disp._cache._cache_file._cache_path
-            for key, data_name in index.items():
+            for key, data_name in cache_file._load_index().items():
                 if (key[1] == magic and key[0] not in disp.overloads
-                        and os.path.exists(os.path.join(folder, data_name))):
+                        and os.path.exists(os.path.join(cache_file._cache_path, data_name))):
                     disp.compile(key[0])  # (a cache hit; only a file that fails to load compiles)
         except Exception:  # noqa: BLE001 - Numba internals that may move
             pass
