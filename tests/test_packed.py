@@ -431,3 +431,40 @@ def test_split_backward_products_off_the_team_path(cell, B, monkeypatch):
     assert len(calls) == 4  # (two layers, two directions; none without the split)
     for a, b in zip(out[1 << 62], out[0]):
         np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5 * max(1.0, np.abs(a).max()))
+
+
+def test_borrow_views_the_same_memory_without_counting_references():
+    """packed.borrow: the same array (data, shape, strides) whose views and calls count no
+    references; the owner's count is unchanged after many borrowed views and calls."""
+    import sys
+
+    from numba import njit
+
+    @njit(nogil=True)
+    def touch(v, i):
+        v[i] += 1.0
+        return v[: i + 1].sum()
+
+    @njit(nogil=True)
+    def work(arr, n):
+        b = kp.borrow(arr)
+        s = 0.0
+        for i in range(n):
+            row = b[i % b.shape[0]]
+            s += touch(row, i % row.shape[0])
+        return s, b.shape[0], b.strides[1]
+
+    a = np.zeros((5, 7), np.float32)[:, ::2]  # (not contiguous: strides carried over)
+    before = sys.getrefcount(a)
+    s, rows, stride = work(a, 1000)
+    after = sys.getrefcount(a)
+    assert after == before
+    assert (rows, stride) == (5, 8)
+    ref = np.zeros((5, 7), np.float32)[:, ::2]
+    total = 0.0
+    for i in range(1000):
+        row = ref[i % 5]
+        row[i % row.shape[0]] += 1.0
+        total += float(row[: i % row.shape[0] + 1].sum())
+    assert s == total
+    np.testing.assert_array_equal(a, ref)
