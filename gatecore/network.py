@@ -278,9 +278,11 @@ ITEM_TEAM_MIN_BATCH = 8
 #: MB) 0.82-1.04, deepbench512 (4 MB) 0.93-1.01, GRU 1.00; H = 1024 (16 MB): B = 16 1.06,
 #: B = 32 1.04 (memory-bound: each half streams 16 MB a step)
 ITEM_TEAM_MAX_BYTES = 4 << 20
-#: forward_item_team's chunks of steps: this many times the multiply-adds of a team's (one
-#: call per chunk; the two halves meet at its end; Ctrl-C is answered between chunks, about
-#: 0.15 s at T=2000, B=32, H=256, and not during the layer's input product, as a team's)
+#: forward_item_team's chunks of steps: this many times the multiply-adds of a team's
+#: (TEAM_CHUNK_MACS; one call per chunk; the two halves meet at its end; Ctrl-C is answered
+#: between chunks, within about 6 ms, and not during the layer's input product, 0.15 s at
+#: T=2000, B=32, H=256, as a team's). (Until 2026-12-03 the chunks were a quarter of a team's,
+#: one step at bench320 and deepbench512: in-process A/B, LSTM, 0.985 and 1.00 of the time.)
 ITEM_TEAM_CHUNK = 4
 
 
@@ -550,16 +552,16 @@ def _team_input_product(wihp, in2d, gx2d, flags, tiles, bias):
 TEAM_CHUNK_MACS = 1 << 27
 
 
-def _team_chunks(T, step_macs):
-    """Step bounds of a team's time loop in chunks of about TEAM_CHUNK_MACS."""
-    n = max(1, TEAM_CHUNK_MACS // max(step_macs, 1))
+def _team_chunks(T, step_macs, scale=1):
+    """Step bounds of a team's time loop in chunks of about ``scale`` * TEAM_CHUNK_MACS."""
+    n = max(1, scale * TEAM_CHUNK_MACS // max(step_macs, 1))
     return list(range(0, T, n)) + [T]
 
 
-def _team_loop(run, T, step_macs, reverse_order):
-    """body for run_team: run(k0, k1) over chunks (last chunk first if ``reverse_order``),
-    stopping early on Ctrl-C."""
-    b = _team_chunks(T, step_macs)
+def _team_loop(run, T, step_macs, reverse_order, scale=1):
+    """body for run_team: run(k0, k1) over chunks (last chunk first if ``reverse_order``;
+    ``scale``: see _team_chunks), stopping early on Ctrl-C."""
+    b = _team_chunks(T, step_macs, scale)
     spans = list(zip(b[:-1], b[1:]))
     if reverse_order:
         spans.reverse()
@@ -906,7 +908,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     seq[0] += 2 if seq[0] == 1 else 1
                 overlap.run_team(
                     mod.item_team_worker, (*head, *targs(rows1, tiles[1])), flags,
-                    _team_loop(run, T, _step_macs(spec, dims, B) * ITEM_TEAM_CHUNK, False),
+                    _team_loop(run, T, _step_macs(spec, dims, B), False, ITEM_TEAM_CHUNK),
                     go=True)
             elif team:
                 overlap.run_team(
