@@ -279,10 +279,10 @@ ITEM_TEAM_MIN_BATCH = 8
 #: B = 32 1.04 (memory-bound: each half streams 16 MB a step)
 ITEM_TEAM_MAX_BYTES = 4 << 20
 #: forward_item_team's chunks of steps: this many times the multiply-adds of a team's
-#: (TEAM_CHUNK_MACS; one call per chunk; the two halves meet at its end; Ctrl-C is answered
-#: between chunks, within about 6 ms, and not during the layer's input product, 0.15 s at
-#: T=2000, B=32, H=256, as a team's). (Until 2026-12-03 the chunks were a quarter of a team's,
-#: one step at bench320 and deepbench512: in-process A/B, LSTM, 0.985 and 1.00 of the time.)
+#: (TEAM_CHUNK_MACS, at most TEAM_CHUNK_MAX_STEPS steps; one call per chunk; the two halves
+#: meet at its end). Ctrl-C is answered between chunks (a chunk lasts about 6 ms at the
+#: products' full rate, 15-70 ms measured on a busy host at H=512, B=8), not during the
+#: layer's input product (as a team's: 0.15 s at T=2000, B=32, H=256).
 ITEM_TEAM_CHUNK = 4
 
 
@@ -550,11 +550,16 @@ def _team_input_product(wihp, in2d, gx2d, flags, tiles, bias):
 #: chunks of steps so that Ctrl-C is answered within a few ms (one call of the whole loop took
 #: 1.3 s to answer at H=1024, B=32, T=400); a call costs about 20 us.
 TEAM_CHUNK_MACS = 1 << 27
+#: most steps per chunk: at small products a step's fixed costs (the rule's pointwise work,
+#: the loop's) outweigh its multiply-adds (H=16, B=8: one chunk of 65536 steps took 0.1 s);
+#: a chunk of 256 steps lasts 0.3 ms or more, against a call's 20 us
+TEAM_CHUNK_MAX_STEPS = 256
 
 
 def _team_chunks(T, step_macs, scale=1):
-    """Step bounds of a team's time loop in chunks of about ``scale`` * TEAM_CHUNK_MACS."""
-    n = max(1, scale * TEAM_CHUNK_MACS // max(step_macs, 1))
+    """Step bounds of a team's time loop in chunks of about ``scale`` * TEAM_CHUNK_MACS
+    multiply-adds (``step_macs`` a step), 1 to TEAM_CHUNK_MAX_STEPS steps each."""
+    n = min(TEAM_CHUNK_MAX_STEPS, max(1, scale * TEAM_CHUNK_MACS // max(step_macs, 1)))
     return list(range(0, T, n)) + [T]
 
 

@@ -468,3 +468,27 @@ def test_borrow_views_the_same_memory_without_counting_references():
         total += float(row[: i % row.shape[0] + 1].sum())
     assert s == total
     np.testing.assert_array_equal(a, ref)
+
+    @njit
+    def view_of_borrowed(arr):  # (what the kernels must never do: see borrow's docstring)
+        return kp.borrow(arr)[1:]
+
+    @njit
+    def view_of_owned(arr):
+        return arr[1:]
+
+    x = np.arange(6.0)
+    assert view_of_owned(x).base is not None  # (boxed with its meminfo: it owns a reference)
+    assert view_of_borrowed(x).base is None  # (no meminfo: it counts none)
+
+
+def test_team_chunks_scale_and_cap():
+    """_team_chunks: chunks of about scale * TEAM_CHUNK_MACS multiply-adds, 1 to
+    TEAM_CHUNK_MAX_STEPS steps each, covering 0 .. T in order."""
+    macs = network.TEAM_CHUNK_MACS
+    assert network._team_chunks(100, macs // 8) == list(range(0, 100, 8)) + [100]
+    assert network._team_chunks(100, macs // 8, 4) == list(range(0, 100, 32)) + [100]
+    assert network._team_chunks(5, 4 * macs) == [0, 1, 2, 3, 4, 5]
+    big = network._team_chunks(1000, 1, 4)
+    assert big == list(range(0, 1000, network.TEAM_CHUNK_MAX_STEPS)) + [1000]
+    assert network._team_chunks(0, 1) == [0]

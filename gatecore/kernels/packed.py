@@ -401,13 +401,17 @@ def borrow(typingctx, arr):
     """``arr`` without its reference count: the same array (type, data, shape, strides) with
     no meminfo, so that its views and the calls that take it or them count no references.
 
-    Numba counts a reference of an array's meminfo, with an atomic add and subtract, for
-    every view made and every call it is passed to (those its reference-count pruning
-    leaves). Two threads of a team work on the same arrays, so every count moved the
-    meminfo's cache line between the cores: 5% of each thread's samples were NRT_incref
-    and NRT_decref (perf, LSTM inference T=100, B=8, H=64). A borrowed array must not outlive
-    the call that borrowed it (its owner, the caller, keeps it alive); it is never
-    returned."""
+    Numba counts a reference of an array's meminfo, with an atomic (lock-prefixed, fully
+    fencing) add and subtract, for every view made and every call it is passed to (those its
+    reference-count pruning leaves): in the teams' per-item loops 5% of each thread's
+    samples were NRT_incref and NRT_decref (perf, LSTM inference T=100, B=8, H=64).
+
+    Only for the duration of the compiled call that owns ``arr`` (its caller keeps it
+    alive): neither the borrowed array nor any view of it may be returned or boxed to
+    Python (a view would come back as an ndarray that owns nothing, ``base`` None, dangling
+    once the owner goes), stored in a list, dict or closure, or passed to object mode.
+    The kernels (cpu_kernels.py.in) borrow their arguments and return nothing but
+    integers."""
     if not isinstance(arr, types.Array):
         return None
 
