@@ -479,11 +479,12 @@ def _packed_rows(pk, name, w, n, ws, dtype, blocks=1):
     a team thread's hidden units are then whole panels of every gate): made once and kept in
     the layout ``pk`` of prepared parameters (at the first call that needs it; two threads
     racing make the same array), otherwise packed into the workspace buffer ``name``."""
-    sz = kpacked.packed_size(w.shape[1], n)
     if pk is not None:
         hit = pk.get(name)
         if hit is not None:
             return hit
+    sz = kpacked.packed_size(w.shape[1], n)
+    if pk is not None:
         out = np.empty(blocks * sz, dtype)
     else:
         out = ws.get(name, dtype, lambda T_, B_: (blocks * sz,))
@@ -517,6 +518,8 @@ def _team_packs(pk, group, ws, dtype, G1, H, B):
     weight_hh[:G1*H] by rows gate by gate (its recurrent products; else the empty
     ``no_wp``): cached in ``pk`` for prepared parameters, else into the workspace
     (_pack_jobs)."""
+    if pk is not None and "wihp" in pk and (B <= 1 or "w1g" in pk):  # packed at a call before
+        return pk["wihp"], (pk["w1g"] if B > 1 else _team_buffers(ws, dtype)[2])
     wih, whh = group["weight_ih"], group["weight_hh"]
     GH = wih.shape[0]
     out = [None, _team_buffers(ws, dtype)[2]]
@@ -891,7 +894,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 return (gx, bih, whh, w1c, w2c, bhh, zeros_bias, whr, whrc, bool(dims.proj_size),
                         ex, lengths, bool(d), keep, hp, st, u, tp, mh, gh1, gh2, pbuf,
                         *(r[n] for n in _FWD_ROWS), y, d * Hr, own, wp1, wp2, wpr, tile)
-            args = fargs(rows, tiles[0])
+            args = None if (iteam or team) else fargs(rows, tiles[0])  # (teams: targs)
 
             def targs(r, tile):
                 """_team_fwd_half's arguments from gx on, with the scratch rows ``r`` and the

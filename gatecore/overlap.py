@@ -57,7 +57,7 @@ _slot = None                     # NRT allocation per call, unlike a boxed array
 
 def _reset_after_fork() -> None:
     global _pool, _pool_lock, _active, _active_lock, _hand, _hand_addr, _slot, _current
-    global _current_thread
+    global _current_thread, _worker_cpus
     _pool = None  # the parent's worker thread does not exist in the child
     _pool_lock = threading.Lock()
     _active = 0
@@ -66,6 +66,7 @@ def _reset_after_fork() -> None:
     _hand_addr = _hand.ctypes.data
     _slot = None
     _current, _current_thread = None, 0
+    _worker_cpus = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -694,6 +695,12 @@ def run_pair(mine, theirs, sigint_held: bool = False, go: bool = False,
             future.result()  # the worker's error, if any
 
 
+#: (thread id, CPU set) that ``_on_cpus`` last gave a worker thread: nobody else changes a
+#: worker's CPU set, so the next task with the same set skips the system call (3-5 us on the
+#: worker's way to its compiled loop, while the caller's half has started)
+_worker_cpus = None
+
+
 def _on_cpus(cpus, task, fpc=None):
     """Restrict the calling (worker) thread to ``cpus`` (None: leave it), give it the
     caller's floating-point control word ``fpc`` (``packed.fp_control``, x86's MXCSR:
@@ -703,14 +710,18 @@ def _on_cpus(cpus, task, fpc=None):
     ``torch.set_flush_denormal(True)``), run ``task()`` and put the worker's own word back.
     Elsewhere (aarch64's FPCR) the word is not carried over: a caller that flushes
     denormals there can get other bits on the worker's half for denormal values."""
-    if cpus is not None:
+    global _worker_cpus
+    if cpus is not None and _worker_cpus != (threading.get_ident(), cpus):
         try:
             os.sched_setaffinity(0, cpus)
+            _worker_cpus = (threading.get_ident(), cpus)
         except OSError:
-            pass
+            _worker_cpus = None
     if fpc is None:
         return task()
     own = fp_control()
+    if own == fpc:  # (the usual case: nothing to change or put back)
+        return task()
     set_fp_control(fpc)
     try:
         return task()

@@ -105,6 +105,22 @@ def test_the_callers_cpu_affinity_is_restored():
     assert os.sched_getaffinity(0) == before
 
 
+def test_the_worker_runs_on_the_cpus_it_was_given():
+    """_on_cpus skips the system call for a worker whose CPU set is already the one wanted;
+    the set it remembers must be the worker's real one, whichever CPU the caller was on."""
+    import os
+
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs and CPU affinity")
+    for _ in range(3):
+        overlap.run_pair(lambda: None, lambda: None)
+        if overlap._worker_cpus is None:
+            continue  # (the caller ran both halves: a busy worker)
+        got = overlap._worker_pool().submit(lambda: (threading.get_ident(),
+                                                     os.sched_getaffinity(0))).result()
+        assert got == overlap._worker_cpus
+
+
 def test_threads_calling_at_once_get_the_serial_results(rng):
     p = gatecore.init_params("lstm", 4, 6, num_layers=2, dtype=np.float64, seed=1)
     xs = [rng.standard_normal((40, 3, 4)) for _ in range(4)]
