@@ -208,11 +208,13 @@ def test_pack_cols_is_pack_rows_of_the_transpose():
 
 
 @settings(max_examples=40)
-@given(R=st.integers(1, 70), K=st.integers(0, 40), row0=st.integers(0, 5),
+@given(R=st.integers(1, 150), K=st.integers(0, 40), row0=st.integers(0, 5),
        seed=st.integers(0, 2**31 - 1))
+@example(R=64, K=3, row0=0, seed=0).via("pack_cols: one group of four panels")
+@example(R=143, K=5, row0=1, seed=1).via("two groups, four whole panels, a tail")
 def test_packing_layout(R, K, row0, seed):
     """pack_rows (from row row0) and pack_cols give the layout bp[p, k, j] = W[k, 16 p + j],
-    zero past N, whole panels or a tail."""
+    zero past N, whole panels or a tail (pack_cols: groups of PACK_COLS_GROUP panels first)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((R + row0, K)).astype(np.float32)
     n = R
