@@ -45,10 +45,42 @@ def prepare_cpu_target() -> None:
     try:
         from numba.core.compiler_lock import global_compiler_lock
         from numba.core.registry import cpu_target
-        with global_compiler_lock, gc_paused():  # (Numba refreshes under its lock too)
-            cpu_target.target_context.refresh()
+        with global_compiler_lock, gc_paused(), _blas_check_deferred():  # (Numba refreshes
+            cpu_target.target_context.refresh()  # under its lock too)
     except Exception:  # pragma: no cover - an internal API of Numba's that may move
         pass
+
+
+@contextlib.contextmanager
+def _blas_check_deferred():
+    """While Numba's registries load: its ``numba.np.arraymath`` checks at import that SciPy's
+    BLAS can be imported (``numba.np.linalg.ensure_blas``), and importing ``scipy.linalg``
+    took 0.25-0.37 s of a fresh process's first call with the kernels already cached (which
+    never call BLAS). With SciPy installed (a dependency of gatecore) that check is skipped
+    here; Numba's own checks run when a kernel that calls BLAS is compiled (``_BLAS()``),
+    and its compiled code imports SciPy's BLAS at the first call that needs it. Without
+    SciPy, or once arraymath is imported, nothing changes."""
+    import importlib.util
+    import sys
+
+    if "numba.np.arraymath" in sys.modules or importlib.util.find_spec("scipy") is None:
+        yield
+        return
+    from numba.np import linalg
+
+    real = linalg.ensure_blas
+    linalg.ensure_blas = _no_check
+    try:
+        yield
+    finally:
+        linalg.ensure_blas = real
+        math_mod = sys.modules.get("numba.np.arraymath")
+        if math_mod is not None and getattr(math_mod, "ensure_blas", None) is _no_check:
+            math_mod.ensure_blas = real  # (its only use was the check at its import)
+
+
+def _no_check():
+    return None
 
 
 def pointwise(fn):

@@ -51,3 +51,34 @@ def _nesting_and_errors():
         assert not gc.isenabled()  # a collector the caller had off stays off
     finally:
         gc.enable()
+
+
+def test_first_call_defers_scipy_and_blas_kernels_still_work():
+    """With the kernels cached, a fresh process's first call does not import scipy.linalg
+    (Numba's BLAS check at the import of its registries is deferred: _blas_check_deferred);
+    a kernel that calls BLAS (np.dot inside forward_dir: float64, mid-size steps) then still
+    compiles or loads, runs, and matches NumPy; Numba's own ensure_blas is back in place."""
+    code = (
+        "import sys, numpy as np, gatecore\n"
+        "p = gatecore.init_params('lstm', 5, 6, seed=0)\n"
+        "gatecore.lstm(np.zeros((3, 2, 5), np.float32), p)\n"
+        "first = 'scipy.linalg' in sys.modules\n"
+        "q = gatecore.init_params('lstm', 32, 128, seed=0, dtype=np.float64)\n"
+        "x = np.random.default_rng(0).standard_normal((3, 16, 32))\n"
+        "y = gatecore.lstm(x, q)[0]\n"
+        "h = np.zeros((16, 128)); c = np.zeros((16, 128))\n"
+        "s = lambda v: 1 / (1 + np.exp(-v))\n"
+        "for t in range(3):\n"
+        "    a = x[t] @ q['weight_ih_l0'].T + q['bias_ih_l0'] + h @ q['weight_hh_l0'].T"
+        " + q['bias_hh_l0']\n"
+        "    i, f, g, o = np.split(a, 4, axis=1)\n"
+        "    c = s(f) * c + s(i) * np.tanh(g); h = s(o) * np.tanh(c)\n"
+        "    assert np.allclose(y[t], h, rtol=1e-10, atol=1e-12), t\n"
+        "import numba.np.linalg as nl, numba.np.arraymath as am\n"
+        "assert am.ensure_blas is nl.ensure_blas and nl.ensure_blas.__module__ == 'numba.np.linalg'\n"
+        "print(first)\n")
+    outs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            for _ in range(2)]  # (the second with every kernel cached)
+    for out in outs:
+        assert out.returncode == 0, out.stderr
+    assert outs[1].stdout.split()[-1] == "False"
