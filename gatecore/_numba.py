@@ -54,12 +54,14 @@ def prepare_cpu_target() -> None:
 @contextlib.contextmanager
 def _blas_check_deferred():
     """While Numba's registries load: its ``numba.np.arraymath`` checks at import that SciPy's
-    BLAS can be imported (``numba.np.linalg.ensure_blas``), and importing ``scipy.linalg``
-    took 0.25-0.37 s of a fresh process's first call with the kernels already cached (which
-    never call BLAS). With SciPy installed (a dependency of gatecore) that check is skipped
-    here; Numba's own checks run when a kernel that calls BLAS is compiled (``_BLAS()``),
-    and its compiled code imports SciPy's BLAS at the first call that needs it. Without
-    SciPy, or once arraymath is imported, nothing changes."""
+    BLAS can be imported (``numba.np.linalg.ensure_blas``, which also refuses a SciPy whose
+    BLAS has another integer width than Numba was built for), and importing ``scipy.linalg``
+    took 0.25-0.37 s of a fresh process's first call with the kernels already cached, most of
+    whose paths never call BLAS. With SciPy installed (a dependency of gatecore) that check
+    is skipped here, and ``blas_checked`` runs it before the first call whose kernels do
+    call BLAS (a kernel loaded from Numba's cache would never run it; one compiled in the
+    process runs it at its compilation too). Without SciPy, or once arraymath is imported,
+    nothing changes."""
     import importlib.util
     import sys
 
@@ -81,6 +83,23 @@ def _blas_check_deferred():
 
 def _no_check():
     return None
+
+
+_blas_ok = False
+
+
+def blas_checked() -> None:
+    """Numba's BLAS check (``numba.np.linalg.ensure_blas``: SciPy's BLAS can be imported and
+    has the integer width this Numba was built for; it imports ``scipy.linalg``), once per
+    process: call it before a call whose kernels run BLAS (``np.dot`` inside them: the
+    per-step products of ``gatecore.network``'s BLAS path), since ``_blas_check_deferred``
+    skipped it at set-up. Raises what ``ensure_blas`` raises (ImportError, RuntimeError)."""
+    global _blas_ok
+    if _blas_ok:
+        return
+    from numba.np.linalg import ensure_blas
+    ensure_blas()
+    _blas_ok = True
 
 
 def pointwise(fn):

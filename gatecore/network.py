@@ -25,6 +25,7 @@ import functools
 import numpy as np
 
 from . import overlap
+from ._numba import blas_checked
 from .cells.spec import CellSpec
 from .errors import StaleTapeError
 from .kernels import packed as kpacked
@@ -784,6 +785,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     own = own and not team
     pown = own and packed_own(dtype, B)
     ext = external_products(spec, dims, B) and not team
+    if not (own or ext or team):  # (the kernels' per-step products are np.dot: BLAS)
+        blas_checked()
     mm = _products(own, ext or team)[0]
     rows = _rows(ws, dtype, spec, H)
     rows1 = _rows(ws, dtype, spec, H, "r1_") if (team or pown) else None
@@ -979,6 +982,8 @@ def run_backward(tape: Tape, dy, dstate_n):
     pown = tape.packed_own  # (same)
     own = own and not team
     ext = external_products(spec, dims, B) and not team
+    if not (own or ext or team):  # (as forward: np.dot in the kernels)
+        blas_checked()
     mm, mm_acc = _products(own, ext or team)
     rows = _rows(ws, dtype, spec, H)
     rows1 = _rows(ws, dtype, spec, H, "r1_") if team else None

@@ -695,9 +695,11 @@ def run_pair(mine, theirs, sigint_held: bool = False, go: bool = False,
             future.result()  # the worker's error, if any
 
 
-#: (thread id, CPU set) that ``_on_cpus`` last gave a worker thread: nobody else changes a
-#: worker's CPU set, so the next task with the same set skips the system call (3-5 us on the
-#: worker's way to its compiled loop, while the caller's half has started)
+#: (thread id, CPU set) that ``_on_cpus`` last gave a worker thread: the next task with the
+#: same set skips the system call (3-5 us on the worker's way to its compiled loop, while the
+#: caller's half has started). gatecore never changes the set otherwise; one changed from
+#: outside (``taskset -a -p``, a cgroup's cpuset) stays until a task wants another set:
+#: speed only, the results do not depend on where the worker runs.
 _worker_cpus = None
 
 

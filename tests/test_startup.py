@@ -82,3 +82,28 @@ def test_first_call_defers_scipy_and_blas_kernels_still_work():
     for out in outs:
         assert out.returncode == 0, out.stderr
     assert outs[1].stdout.split()[-1] == "False"
+
+
+def test_numbas_blas_check_runs_before_a_cached_blas_kernel():
+    """Numba's check of SciPy's BLAS (integer width included) is deferred at set-up, not
+    dropped: a call whose kernels run np.dot runs it first (gatecore._numba.blas_checked),
+    even when those kernels come from the cache and are never compiled in the process; a
+    call on the kernels' own products does not need it."""
+    code = (
+        "import sys, numpy as np, gatecore\n"
+        "if sys.argv[1] == 'patch':\n"
+        "    import numba.np.linalg as nl\n"
+        "    def refuse():\n"
+        "        raise RuntimeError('BLAS integer width differs')\n"
+        "    nl._check_lapack_int_width = refuse\n"
+        "p = gatecore.init_params('lstm', 5, 6, seed=0)\n"
+        "gatecore.lstm(np.zeros((3, 2, 5), np.float32), p)\n"
+        "print('own products ran')\n"
+        "q = gatecore.init_params('lstm', 32, 128, seed=0, dtype=np.float64)\n"
+        "gatecore.lstm(np.zeros((3, 16, 32)), q)\n"
+        "print('blas ran')\n")
+    fill = subprocess.run([sys.executable, "-c", code, "fill"], capture_output=True, text=True)
+    assert fill.returncode == 0, fill.stderr
+    out = subprocess.run([sys.executable, "-c", code, "patch"], capture_output=True, text=True)
+    assert out.returncode != 0 and "BLAS integer width differs" in out.stderr, out.stderr
+    assert "own products ran" in out.stdout and "blas ran" not in out.stdout

@@ -1118,8 +1118,9 @@ def pack_cols(w, bp):
     Four panels per pass over the rows (each row's 64 columns, one 256-byte run, go to four
     panels as four vector copies, constant trip counts), then panel by panel. One panel per
     pass read one line per row, a row (4 KB and more) apart: at large K x N each line was a
-    miss the prefetchers did not see coming. Measured (one thread, float32): 3072 x 1024 in
-    1.2-1.5 against 2.5-4.6 ms, 1024 x 4096 2.4 against 4.5, 2048 x 512 and below the same.
+    miss the prefetchers did not see coming. Measured (one thread, float32, several runs):
+    3072 x 1024 in 1.1-1.5 against 1.5-4.6 ms, 1024 x 3072 1.1-1.3 against 2.0-2.3,
+    4096 x 1024 1.6-2.8 against 2.5-5.2; 2048 x 512 and smaller the same.
     (A variable trip count, and rows 16 at a time across all panels, ran 2-4x slower:
     4096 x 1024 in 5.8-7.6 ms, 2048 x 512 in 0.5-1.1 ms.)"""
     K, N = w.shape
