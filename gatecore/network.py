@@ -480,15 +480,12 @@ def _packed_rows(pk, name, w, n, ws, dtype, blocks=1):
     a team thread's hidden units are then whole panels of every gate): made once and kept in
     the layout ``pk`` of prepared parameters (at the first call that needs it; two threads
     racing make the same array), otherwise packed into the workspace buffer ``name``."""
-    if pk is not None:
-        hit = pk.get(name)
-        if hit is not None:
-            return hit
+    hit = pk.get(name) if pk is not None else None
+    if hit is not None:
+        return hit
     sz = kpacked.packed_size(w.shape[1], n)
-    if pk is not None:
-        out = np.empty(blocks * sz, dtype)
-    else:
-        out = ws.get(name, dtype, lambda T_, B_: (blocks * sz,))
+    out = (np.empty(blocks * sz, dtype) if pk is not None
+           else ws.get(name, dtype, lambda T_, B_: (blocks * sz,)))
     for g in range(blocks):
         kpacked.pack_rows(w, g * n, n, out[g * sz:(g + 1) * sz])
     if pk is not None:
@@ -626,9 +623,12 @@ def _products(own: bool, ext: bool):
     product at half speed (measured: forward+backward 2x slower). A call whose per-step
     products run in the kernels (Numba's np.dot, SciPy's BLAS) does all its products there;
     otherwise NumPy's BLAS does them all, the pool that the caller's own NumPy code also uses.
+    Before a call's first compiled np.dot, Numba's BLAS check runs (``blas_checked``: set-up
+    deferred it, and a kernel loaded from the cache never runs it).
     """
     if own or ext:
         return _np_gemm, _np_gemm_acc
+    blas_checked()
     return gemm, gemm_acc
 
 
@@ -785,8 +785,6 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     own = own and not team
     pown = own and packed_own(dtype, B)
     ext = external_products(spec, dims, B) and not team
-    if not (own or ext or team):  # (the kernels' per-step products are np.dot: BLAS)
-        blas_checked()
     mm = _products(own, ext or team)[0]
     rows = _rows(ws, dtype, spec, H)
     rows1 = _rows(ws, dtype, spec, H, "r1_") if (team or pown) else None
@@ -982,8 +980,6 @@ def run_backward(tape: Tape, dy, dstate_n):
     pown = tape.packed_own  # (same)
     own = own and not team
     ext = external_products(spec, dims, B) and not team
-    if not (own or ext or team):  # (as forward: np.dot in the kernels)
-        blas_checked()
     mm, mm_acc = _products(own, ext or team)
     rows = _rows(ws, dtype, spec, H)
     rows1 = _rows(ws, dtype, spec, H, "r1_") if team else None
