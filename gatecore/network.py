@@ -287,6 +287,24 @@ ITEM_TEAM_MAX_BYTES = 4 << 20
 ITEM_TEAM_CHUNK = 4
 
 
+#: most units (items * H) of a half of the batch whose steps forward_item_team runs
+#: gate-major (_item_steps_gm in cpu_kernels.py.in: inference, FUSE cells): one rule call
+#: and one copy per state and step for the half instead of per item; its scratch (the
+#: rule's discarded tape among it) stays in the first two cache levels
+ITEM_GM_UNITS = 2048
+
+
+def _gm_scratch(ws, dtype, spec: CellSpec, H: int, B: int, on: bool):
+    """Scratch of _item_steps_gm per thread of an item team (``on``), else two empty
+    arrays: [1, 1, (2*S + E + K + G) * ceil(B/2) * H]."""
+    m = (B - B // 2) * H
+    n = 0
+    if on and m <= ITEM_GM_UNITS:
+        n = (2 * spec.num_states + spec.num_extra + spec.tape_size + spec.num_gates) * m
+    return ws.fixed(("gm", dtype, n), lambda: tuple(
+        ws.get(f"gm{i}", dtype, lambda T_, B_: (1, 1, n)) for i in range(2)))
+
+
 def item_team_cell(spec: CellSpec, dims: Dims, dtype, B: int) -> bool:
     """Whether a float32 call on the packed products (a team's, ``team_products``, in
     inference and training, or in inference the kernels' own, ``packed_own``) of a
@@ -908,7 +926,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     mod.forward_dir(*args, s_, s_ + 1, True, 0, B)
             elif iteam:  # two halves of the batch on a team (see item_team_cell)
                 head = (flags, in2d, wihp, binit)
-                rows_1 = (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1])
+                gm = _gm_scratch(ws, dtype, spec, H, B, mod.FUSE and not keep)
+                rows_1 = (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1], *gm)
                 seq = [1]  # (the first call's jobs: 1, the input product, and 2)
 
                 def run(k0, k1):
@@ -916,7 +935,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                                           *rows_1, overlap.go_hand())
                     seq[0] += 2 if seq[0] == 1 else 1
                 overlap.run_team(
-                    mod.item_team_worker, (*head, *targs(rows1, tiles[1])), flags,
+                    mod.item_team_worker, (*head, *targs(rows1, tiles[1]), gm[1]), flags,
                     _team_loop(run, T, _step_macs(spec, dims, B), False, ITEM_TEAM_CHUNK),
                     go=True)
             elif team:

@@ -576,6 +576,45 @@ def test_batch_halves_on_a_team_in_chunks_of_steps(cell, rng, monkeypatch):
             np.testing.assert_array_equal(y, want)
 
 
+@pytest.mark.parametrize("cell", ["lstm", "peephole_lstm"])
+@pytest.mark.parametrize("B", [8, 9])
+def test_halves_gate_major_match_the_halves_item_by_item(cell, B, rng, monkeypatch):
+    """Inference of a FUSE cell on the halves of a batch, gate-major (_item_steps_gm: one
+    rule call per half and step, the states in scratch rows, read and written back at each
+    chunk's ends) gives the bits of the per-item steps (ITEM_GM_UNITS = 0), with lengths 0
+    .. T, both directions, two layers, halves of unequal size, one step per chunk, and a
+    cell with extra parameters (the peephole LSTM's, repeated per item)."""
+    from gatecore import network
+    if cell not in gatecore.list_cells():
+        pytest.skip(f"plugin cell {cell} not installed")
+    T, I, H = 12, 5, 16
+    p = gatecore.init_params(cell, I, H, dtype=np.float32, seed=9, num_layers=2,
+                             bidirectional=True)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    h0 = rng.standard_normal((4, B, H)).astype(np.float32)
+    lengths = np.array([12, 4, 0, 12, 1, 9, 12, 7, 3][:B])
+    sizes = []
+    orig = network._gm_scratch
+    monkeypatch.setattr(network, "_gm_scratch",
+                        lambda *a: (lambda r: sizes.append(r[0].size) or r)(orig(*a)))
+    runs = []
+    with products_path("iteam"):
+        for units, chunk in ((0, None), (network.ITEM_GM_UNITS, None), (network.ITEM_GM_UNITS, 1)):
+            monkeypatch.setattr(network, "ITEM_GM_UNITS", units)
+            if chunk:
+                monkeypatch.setattr(network, "TEAM_CHUNK_MACS", chunk)
+            sizes.clear()
+            y, sn, _ = gatecore.forward(cell, x, p, training=False, lengths=lengths,
+                                        state0=(h0, None))
+            assert sizes and all(bool(n) == bool(units) for n in sizes)
+            runs.append([y.copy(), *(v.copy() for v in sn)])
+    for run in runs[1:]:
+        for a, b in zip(run, runs[0]):
+            np.testing.assert_array_equal(a, b)
+    for b, n in enumerate(lengths):
+        assert not runs[1][0][n:, b].any()
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_training_forward_as_halves_of_the_batch_keeps_the_team_tape(cell, rng, monkeypatch):
     """A team's training forward run as the halves of the batch (forward_item_team) leaves
