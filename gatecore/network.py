@@ -294,6 +294,13 @@ ITEM_TEAM_CHUNK = 4
 ITEM_GM_UNITS = 2048
 
 
+#: inference of a FUSE cell on the halves of a batch (forward_item_team): above this many
+#: bytes of the layer's input products (gx: T*B*G*H values, which then come back from
+#: memory at every step) each half computes its items' input products step by step
+#: instead, just before the recurrent product that starts from them (_jit_input)
+ITEM_JIT_BYTES = 4 << 20
+
+
 def _gm_scratch(ws, dtype, spec: CellSpec, H: int, B: int, on: bool):
     """Scratch of _item_steps_gm per thread of an item team (``on``), else two empty
     arrays: [1, 1, (2*S + E + K + G) * ceil(B/2) * H]."""
@@ -926,16 +933,17 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     mod.forward_dir(*args, s_, s_ + 1, True, 0, B)
             elif iteam:  # two halves of the batch on a team (see item_team_cell)
                 head = (flags, in2d, wihp, binit)
-                gm = _gm_scratch(ws, dtype, spec, H, B, mod.FUSE and not keep)
-                rows_1 = (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1], *gm)
-                seq = [1]  # (the first call's jobs: 1, the input product, and 2)
+                jit = bool(mod.FUSE and gx.nbytes > ITEM_JIT_BYTES)
+                gm = _gm_scratch(ws, dtype, spec, H, B, mod.FUSE and not keep and not jit)
+                rows_1 = (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1], *gm, jit)
+                seq = [1]  # (the first call's jobs: 1, the input product (not jit), and 2)
 
                 def run(k0, k1):
                     mod.forward_item_team(k0, k1, seq[0], *head, *targs(rows, tiles[0]),
                                           *rows_1, overlap.go_hand())
-                    seq[0] += 2 if seq[0] == 1 else 1
+                    seq[0] += 2 if seq[0] == 1 and not jit else 1
                 overlap.run_team(
-                    mod.item_team_worker, (*head, *targs(rows1, tiles[1]), gm[1]), flags,
+                    mod.item_team_worker, (*head, *targs(rows1, tiles[1]), gm[1], jit), flags,
                     _team_loop(run, T, _step_macs(spec, dims, B), False, ITEM_TEAM_CHUNK),
                     go=True)
             elif team:

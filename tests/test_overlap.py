@@ -615,6 +615,54 @@ def test_halves_gate_major_match_the_halves_item_by_item(cell, B, rng, monkeypat
         assert not runs[1][0][n:, b].any()
 
 
+@pytest.mark.parametrize("cell", ["lstm", "peephole_lstm", "gru"])
+@pytest.mark.parametrize("training", [False, True])
+def test_halves_with_input_products_step_by_step_match_one_product(cell, training, rng,
+                                                                   monkeypatch):
+    """The halves of a batch computing their items' input products step by step
+    (_jit_input, FUSE cells above ITEM_JIT_BYTES; inference and a training forward) give the
+    bits of the layer's input product over all steps (halves of four rows: blocks of four
+    in both products), outputs, states and every gradient, lengths and both directions;
+    a cell that is not FUSE (GRU) never takes it."""
+    from gatecore import network
+    from gatecore.kernels.factory import cpu_kernels
+    if cell not in gatecore.list_cells():
+        pytest.skip(f"plugin cell {cell} not installed")
+    T, B, I, H = 10, 8, 7, 16
+    p = gatecore.init_params(cell, I, H, dtype=np.float32, seed=10, num_layers=2,
+                             bidirectional=True)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    dy = rng.standard_normal((T, B, 2 * H)).astype(np.float32)
+    lengths = np.array([10, 4, 0, 10, 1, 9, 10, 7])
+    jits = []
+    spied = set()
+
+    def kernels(spec, dtype):  # (the forward_item_team calls' jit argument, recorded)
+        mod = cpu_kernels(spec, dtype)
+        if mod not in spied:
+            spied.add(mod)
+            orig = mod.forward_item_team
+            monkeypatch.setattr(mod, "forward_item_team",
+                                lambda *a: jits.append(a[-2]) or orig(*a))
+        return mod
+    monkeypatch.setattr(network, "cpu_kernels", kernels)
+    runs = []
+    with products_path("team" if training else "iteam"):
+        monkeypatch.setattr(network, "ITEM_TEAM_MIN_BATCH", 2)
+        for limit in (1 << 62, 0):
+            monkeypatch.setattr(network, "ITEM_JIT_BYTES", limit)
+            jits.clear()
+            y, sn, tape = gatecore.forward(cell, x, p, training=training, lengths=lengths)
+            run = [y.copy(), *(v.copy() for v in sn)]
+            if training:
+                dx, ds0, dp = gatecore.backward(tape, dy)
+                run += [dx.copy(), *(v.copy() for v in ds0), *(v.copy() for v in dp.values())]
+            assert jits and all(j == (limit == 0 and cell != "gru") for j in jits)
+            runs.append(run)
+    for a, b in zip(*runs):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_training_forward_as_halves_of_the_batch_keeps_the_team_tape(cell, rng, monkeypatch):
     """A team's training forward run as the halves of the batch (forward_item_team) leaves
