@@ -322,10 +322,11 @@ def item_team_cell(spec: CellSpec, dims: Dims, dtype, B: int) -> bool:
     inference and training, or in inference the kernels' own, ``packed_own``) of a
     one-stage cell without projection runs each layer's forward as two halves of the batch
     on a team (``forward_item_team`` in cpu_kernels.py.in): the input product over all
-    steps split by column panels on both threads, then items 0 .. B/2-1 on this thread and
-    B/2 .. B-1 on the worker, each with all hidden units (a team splitting every step by
-    units meets at every step; the halves of the batch only at the end of a chunk of
-    steps). Other cells take ``forward_items`` (ITEM_MACS) or the unit-split team; backward
+    steps split by column panels on both threads (FUSE cells above ITEM_JIT_BYTES: each
+    half's own, step by step), then items 0 .. B/2-1 on this thread and B/2 .. B-1 on the
+    worker, each with all hidden units (a team splitting every step by units meets at every
+    step; the halves of the batch only at the end of a chunk of steps; small halves of FUSE
+    cells in inference gate-major, ITEM_GM_UNITS). Other cells take ``forward_items`` (ITEM_MACS) or the unit-split team; backward
     always runs on the unit-split team."""
     return (B >= max(2, ITEM_TEAM_MIN_BATCH) and kpacked.usable(dtype) and not spec.two_stage
             and not dims.proj_size
