@@ -326,8 +326,8 @@ def item_team_cell(spec: CellSpec, dims: Dims, dtype, B: int) -> bool:
     half's own, step by step), then items 0 .. B/2-1 on this thread and B/2 .. B-1 on the
     worker, each with all hidden units (a team splitting every step by units meets at every
     step; the halves of the batch only at the end of a chunk of steps; small halves of FUSE
-    cells in inference gate-major, ITEM_GM_UNITS). Other cells take ``forward_items`` (ITEM_MACS) or the unit-split team; backward
-    always runs on the unit-split team."""
+    cells in inference gate-major, ITEM_GM_UNITS). Other cells take ``forward_items``
+    (ITEM_MACS) or the unit-split team; backward always runs on the unit-split team."""
     return (B >= max(2, ITEM_TEAM_MIN_BATCH) and kpacked.usable(dtype) and not spec.two_stage
             and not dims.proj_size
             and spec.g1 * dims.hidden_size * dims.hr * 4 <= ITEM_TEAM_MAX_BYTES)
