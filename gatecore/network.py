@@ -837,7 +837,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         alias = np.may_share_memory(layer_in, y)
         halves = T > 0 and (team or item_halves(spec, dims, T, B, in2d.shape[1]))
         # (iteam: the input product is complete before either half writes y, so an x
-        # aliasing y is fine; without a worker the caller runs both halves)
+        # aliasing y is fine, unless each half computes it step by step (jit: not then);
+        # without a worker the caller runs both halves)
         iteam = item_team_ok and halves and not ext
         items = (not keep and pown and not ext and halves and not alias and not iteam
                  and overlap.enabled())
@@ -939,7 +940,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     mod.forward_dir(*args, s_, s_ + 1, True, 0, B)
             elif iteam:  # two halves of the batch on a team (see item_team_cell)
                 head = (flags, in2d, wihp, binit)
-                jit = bool(mod.FUSE and gx.nbytes > ITEM_JIT_BYTES
+                jit = bool(mod.FUSE and gx.nbytes > ITEM_JIT_BYTES and not alias
                            and GH * in2d.shape[1] * gx.itemsize <= ITEM_JIT_MAX_WIH)
                 gm = _gm_scratch(ws, dtype, spec, H, B, mod.FUSE and not keep and not jit)
                 rows_1 = (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1], *gm, jit)

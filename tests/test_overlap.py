@@ -694,16 +694,27 @@ def test_training_forward_as_halves_of_the_batch_keeps_the_team_tape(cell, rng, 
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_halves_on_a_team_read_an_output_of_their_own_workspace(cell, rng):
+@pytest.mark.parametrize("H2", [16, 32])
+@pytest.mark.parametrize("jit", [False, True])
+def test_halves_on_a_team_read_an_output_of_their_own_workspace(cell, H2, jit, rng,
+                                                                 monkeypatch):
     """x that is this workspace's previous y (overwritten by this call's y) gives the bits
-    of a copy: the input product is complete before either half writes y."""
+    of a copy: the input product is complete before either half writes y, also where it
+    would be computed step by step (ITEM_JIT_BYTES: not with such an x; with a wider y than
+    x, a step's y rows overlap later steps' x rows)."""
+    from gatecore import network
     T, B, H = 30, 8, 16
     p1 = gatecore.init_params(cell, 5, H, dtype=np.float32, seed=7)
-    p2 = gatecore.init_params(cell, H, H, dtype=np.float32, seed=8)
+    p2 = gatecore.init_params(cell, H, H2, dtype=np.float32, seed=8)
     x = rng.standard_normal((T, B, 5)).astype(np.float32)
+    if jit:
+        monkeypatch.setattr(network, "ITEM_JIT_BYTES", 0)
     with products_path("iteam"):
         ws = gatecore.Workspace()
+        gatecore.forward(cell, np.zeros((T, B, H), np.float32), p2, workspace=ws,
+                         training=False)  # (y's buffer sized for H2 first)
         y1 = gatecore.forward(cell, x, p1, workspace=ws, training=False)[0]
+        assert np.may_share_memory(y1, ws._buffers["y0"])
         want = gatecore.forward(cell, y1.copy(), p2, training=False)[0].copy()
         got = gatecore.forward(cell, y1, p2, workspace=ws, training=False)[0]
         np.testing.assert_array_equal(got, want)
