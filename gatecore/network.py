@@ -205,6 +205,18 @@ def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
 TEAM_MACS = 1 << 19
 
 
+#: per-step multiply-adds (G*H*Hr) from which an inference call of ONE item runs its steps
+#: on a team as well: each thread multiplies h by its half of weight_hh's rows (packed: one
+#: row of A, memory-bound; each half stays in its own core's cache) and applies the rule to
+#: its half of the units; the threads meet once per step (a round trip of the flags' cache
+#: line took 0.1 us here). Measured in-process, one-thread steps and team alternated in
+#: rounds of 20-40 calls (T=1000 or 300, B=1, I=H; a noisy host): LSTM H=128 0.87-0.93 of
+#: the time (one round 1.25), H=256 0.55-0.83 (one round 1.15); GRU H=128 0.89-1.11 (not
+#: taken), H=256 0.67-0.97; LSTM H=64 1.2-1.4 (too little work a step for the meeting).
+#: A busy second core slows a team more than the one-thread steps (each step waits for it).
+TEAM_ONE_MACS = 1 << 16
+
+
 def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool) -> bool:
     """Whether a call's recurrent products run as packed products on two threads.
 
@@ -213,7 +225,9 @@ def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool)
     dx) then run as two halves on two threads, one thread of OpenBLAS each, and OpenBLAS's
     own threads never wake to spin against the packed products.
     """
-    return (kpacked.usable(dtype) and _step_macs(spec, dims, batch) >= TEAM_MACS
+    macs = _step_macs(spec, dims, batch)
+    return (kpacked.usable(dtype)
+            and (macs >= TEAM_MACS or (batch == 1 and not training and macs >= TEAM_ONE_MACS))
             and not spec.two_stage and not dims.proj_size
             and (not training or blas.numpy_blas_available()))
 
@@ -542,27 +556,24 @@ def _pack_jobs(jobs):
             fn()
 
 
-def _team_packs(pk, group, ws, dtype, G1, H, B):
-    """W_ih packed by rows (the team's input product) and, for more than one item,
-    weight_hh[:G1*H] by rows gate by gate (its recurrent products; else the empty
-    ``no_wp``): cached in ``pk`` for prepared parameters, else into the workspace
-    (_pack_jobs)."""
-    if pk is not None and "wihp" in pk and (B <= 1 or "w1g" in pk):  # packed at a call before
-        return pk["wihp"], (pk["w1g"] if B > 1 else _team_buffers(ws, dtype)[2])
+def _team_packs(pk, group, ws, dtype, G1, H):
+    """W_ih packed by rows (the team's input product) and weight_hh[:G1*H] by rows gate by
+    gate (its recurrent products): cached in ``pk`` for prepared parameters, else into the
+    workspace (_pack_jobs)."""
+    if pk is not None and "wihp" in pk and "w1g" in pk:  # packed at a call before
+        return pk["wihp"], pk["w1g"]
     wih, whh = group["weight_ih"], group["weight_hh"]
     GH = wih.shape[0]
-    out = [None, _team_buffers(ws, dtype)[2]]
-    cached = pk is not None and "wihp" in pk  # (nothing to pack: no second thread)
+    out = [None, None]
+    have = () if pk is None else pk  # (packed before: nothing to pack, no second thread)
 
     def a():
         out[0] = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
 
     def b():
         out[1] = _packed_rows(pk, "w1g", whh, H, ws, dtype, G1)
-    jobs = [(a, 0 if cached else wih.nbytes)]
-    if B > 1:
-        jobs.append((b, 0 if cached else whh[:G1 * H].nbytes))
-    _pack_jobs(jobs)
+    _pack_jobs([(a, 0 if "wihp" in have else wih.nbytes),
+                (b, 0 if "w1g" in have else whh[:G1 * H].nbytes)])
     return out[0], out[1]
 
 
@@ -863,7 +874,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 if mod.FUSE:
                     binit = views["binit"]
                     np.add(bih, bhh, out=binit)
-                wihp, wp = _team_packs(pk, group, ws, dtype, G1, H, B)
+                wihp, wp = _team_packs(pk, group, ws, dtype, G1, H)
                 if not iteam:  # (forward_item_team's first job)
                     _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view

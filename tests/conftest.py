@@ -57,10 +57,10 @@ def products_path(path):
     from gatecore import network, overlap
 
     saved = (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
-             network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH,
-             network.ITEM_TEAM_MIN_BATCH)
+             network.TEAM_MACS, network.TEAM_ONE_MACS, network.ITEM_MACS,
+             network.ITEM_MIN_BATCH, network.ITEM_TEAM_MIN_BATCH)
     saved_enabled, saved_pays = overlap.enabled, network.overlap_pays
-    network.TEAM_MACS = 1 << 62
+    network.TEAM_MACS = network.TEAM_ONE_MACS = 1 << 62
     network.ITEM_MACS = 1 << 62
     network.ITEM_TEAM_MIN_BATCH = 1 << 62
     if path in ("items", "iteam"):
@@ -86,7 +86,7 @@ def products_path(path):
         yield
     finally:
         (network.OWN_PRODUCT_MACS, network.EXT_PRODUCT_MACS, network.OVERLAP_MACS,
-         network.TEAM_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH,
+         network.TEAM_MACS, network.TEAM_ONE_MACS, network.ITEM_MACS, network.ITEM_MIN_BATCH,
          network.ITEM_TEAM_MIN_BATCH) = saved
         overlap.enabled = saved_enabled
         network.overlap_pays = saved_pays

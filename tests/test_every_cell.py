@@ -92,7 +92,7 @@ def test_team_path_gives_the_same_results(name):
     """The team path (float32: each step's units split between two threads, packed products,
     the cell's rule in place over each half's rows; gatecore.kernels.cpu_kernels.py.in)
     matches the serial path for every cell: two layers, both directions, lengths with a 0,
-    one batch item (products by _mmd) and several (packed), a hidden size whose second half
+    one batch item and several (packed products), a hidden size whose second half
     is not whole panels (37) and one with an empty second half (5); with AVX-512, hidden
     sizes whose weight gradients run through pgemm_tn directly (32: dW_hh) or transposed
     (32: dW_ih [4H, 4]; 48: LSTM's dW_hh [192, 48]). Cells the team path does not take

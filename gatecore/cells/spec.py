@@ -48,6 +48,7 @@ network has ``proj_size``; only cells with ``supports_projection`` and that neve
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import inspect
 import types
@@ -224,27 +225,28 @@ class CellSpec:
                 tuple(item) if isinstance(item, list) else item for item in self.extra_params))
 
     # ------------------------------------------------------------------ derived
-    @property
+    # (cached: read many times a call; the fields they derive from never change)
+    @functools.cached_property
     def num_gates(self) -> int:
         """Number of gates G (rows of weight_ih are G * hidden_size)."""
         return len(self.gate_names)
 
-    @property
+    @functools.cached_property
     def num_states(self) -> int:
         """Number of state variables S."""
         return len(self.state_names)
 
-    @property
+    @functools.cached_property
     def g1(self) -> int:
         """Gates formed with the first recurrent product."""
         return self.num_gates if self.stage1_gates is None else self.stage1_gates
 
-    @property
+    @functools.cached_property
     def two_stage(self) -> bool:
         """Whether the cell has a second recurrent product after stage-1 gates are known."""
         return self.g1 < self.num_gates
 
-    @property
+    @functools.cached_property
     def num_extra(self) -> int:
         """Total extra parameter rows E (each of size hidden_size)."""
         return sum(n for _, n in self.extra_params)
