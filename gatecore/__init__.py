@@ -20,7 +20,7 @@ with _gc_paused():
     from .api import backward, forward, get_cell, gru, init_params, list_cells, lstm, register_cell
     from .cells.spec import CellSpec
     from .errors import (CellSpecError, DTypeError, GatecoreError, ParameterError, PluginError,
-                         ShapeError, StaleTapeError, UnknownCellError)
+                         ShapeError, StaleTapeError, UnknownCellError, WorkspaceBusyError)
     from .network import Tape
     from .params import PreparedParams, prepare
     from .registry.hookspecs import hookimpl
@@ -44,6 +44,7 @@ __all__ = [
     "lstm", "gru", "forward", "backward", "init_params", "list_cells", "get_cell",
     "register_cell", "prepare", "PreparedParams", "CellSpec", "Tape", "Workspace", "hookimpl",
     "GatecoreError", "ShapeError", "DTypeError", "ParameterError", "UnknownCellError",
-    "CellSpecError", "StaleTapeError", "PluginError", "weights", "__version__",
+    "CellSpecError", "StaleTapeError", "WorkspaceBusyError", "PluginError", "weights",
+    "__version__",
     *_CUDA_NAMES,
 ]

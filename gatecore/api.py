@@ -15,6 +15,7 @@ Complex and object arrays are refused.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -240,6 +241,20 @@ def _out_state(states, unbatched):
     return tuple(s[:, 0, :] if unbatched else s for s in states)
 
 
+@contextlib.contextmanager
+def _held(workspace):
+    """Hold ``workspace`` (a Workspace; anything else: nothing to hold) for the block:
+    WorkspaceBusyError if another thread's call holds it."""
+    if not isinstance(workspace, Workspace):
+        yield
+        return
+    workspace._acquire()
+    try:
+        yield
+    finally:
+        workspace._release()
+
+
 def _runs_on_cuda(x, params, workspace) -> bool:
     """GPU dispatch: a CUDA ``x``, device parameters or a CUDA workspace."""
     if getattr(workspace, "device", "cpu") == "cuda" or getattr(params, "device", None) == "cuda":
@@ -322,6 +337,8 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         ``lengths`` outside [0, T], non-integer or non-finite; ``dropout`` outside [0, 1].
     TypeError
         ``dropout`` not a real number, ``rng`` not a Generator, seed or None.
+    WorkspaceBusyError (RuntimeError)
+        ``workspace`` is in use by another thread's call (one workspace per thread).
 
     Notes
     -----
@@ -343,23 +360,28 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
 
     if _runs_on_cuda(x, params, workspace):  # the GPU twin (gatecore.cuda_network)
         from .cuda_network import cuda_forward
-        return cuda_forward(cell, x, params, state0, lengths=lengths, batch_first=batch_first,
-                            workspace=workspace, training=training,
-                            dropout=(p_drop, rng) if p_drop and training else None,
-                            **cell_options)
+        with _held(workspace):
+            return cuda_forward(cell, x, params, state0, lengths=lengths,
+                                batch_first=batch_first, workspace=workspace, training=training,
+                                dropout=(p_drop, rng) if p_drop and training else None,
+                                **cell_options)
     spec, dims, dtype, layers, xa, states, lens, padded, ws, unbatched = _prepare(
         cell, x, params, state0, lengths, batch_first, workspace, cell_options)
     # inference reads prepared parameters and their transposes in place; training copies
     # them into its workspace like any mapping (the tape then holds no array of theirs)
     packed = (params._layout(spec)[3] if isinstance(params, PreparedParams) and not training
               else None)
-    y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
-                                   bool(training), bool(batch_first), unbatched, dtype,
-                                   packed=packed,
-                                   dropout=_dropout_plan(p_drop, rng, training, dims.num_layers))
-    if tape is not None and workspace is None:
-        tape.private = True
-    return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
+    plan = _dropout_plan(p_drop, rng, training, dims.num_layers)
+    ws._acquire()  # (WorkspaceBusyError: another thread's call is using it)
+    try:
+        y, state_n, tape = run_forward(spec, dims, layers, xa, states, lens, padded, ws,
+                                       bool(training), bool(batch_first), unbatched, dtype,
+                                       packed=packed, dropout=plan)
+        if tape is not None and workspace is None:
+            tape.private = True
+        return _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
+    finally:
+        ws._release()
 
 
 def backward(tape: Tape, dy=None, dstate_n=None):
@@ -391,18 +413,30 @@ def backward(tape: Tape, dy=None, dstate_n=None):
     ------
     StaleTapeError (ValueError)
         The tape's workspace has been used by a later forward call.
+    WorkspaceBusyError (RuntimeError)
+        The tape's workspace is in use by another thread's call.
     ShapeError (ValueError), DTypeError (TypeError)
         ``dy`` or ``dstate_n`` of the wrong shape or dtype.
     """
     if getattr(tape, "device", "cpu") == "cuda":  # a tape made on the GPU
         from .cuda_network import cuda_backward
-        return cuda_backward(tape, dy, dstate_n)
+        with _held(getattr(tape, "workspace", None)):
+            return cuda_backward(tape, dy, dstate_n)
     if not isinstance(tape, Tape):
         raise TypeError(
             f"tape must be the Tape returned by gatecore.forward(..., training=True), got {type(tape).__name__}"
         )
-    tape.check_fresh()
     ws = tape.workspace
+    ws._acquire()  # (WorkspaceBusyError: another thread's call is using it)
+    try:
+        tape.check_fresh()
+        return _backward(tape, ws, dy, dstate_n)
+    finally:
+        ws._release()
+
+
+def _backward(tape: Tape, ws: Workspace, dy, dstate_n):
+    """backward's work once the tape is known fresh and its workspace held."""
     spec, dims, dtype = tape.spec, tape.dims, tape.dtype
     T, B, L, D, Hr = tape.T, tape.B, dims.num_layers, dims.num_directions, dims.hr
     W = D * Hr

@@ -126,7 +126,9 @@ class DeviceParams(Mapping):
 
     A read-only mapping from PyTorch ``state_dict`` keys to C-contiguous Numba device arrays.
     The arrays are the caller's own memory when they were CUDA arrays already (zero-copy:
-    in-place updates, for example by a torch optimizer, are seen by the next call).
+    in-place updates, for example by a torch optimizer, are seen by the next call; a
+    training call copies them into its workspace, so its backward uses the parameters its
+    forward used, as on the CPU).
     """
 
     device = "cuda"
@@ -265,6 +267,14 @@ def _load(arr, buf, swap, lens_d, masked):
         _p(cu.copy_in3, buf.size, buf, buf, False, lens_d, True)
 
 
+def _snapshot(ws, name, arr):
+    """A copy of device array ``arr`` in workspace buffer ``name`` (device to device)."""
+    buf = ws.get(name, arr.dtype, lambda T_, B_, sh=tuple(arr.shape): sh)
+    if buf.size:
+        buf.copy_to_device(arr)
+    return buf
+
+
 def _state_tuple(value, S, what):
     if value is None:
         return (None,) * S
@@ -343,6 +353,10 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
         state_in.append(value)
     gen = ws._begin(T, B)
     mod = cuda_kernels(spec, dtype)
+    if keep:  # the tape's own copy of the parameters (as on the CPU): DeviceParams may be the
+        # caller's memory, which an optimizer step before backward would change
+        layers = [[{p: _snapshot(ws, f"p_{p}{k}_{d}", a) for p, a in group.items()}
+                   for d, group in enumerate(per_dir)] for k, per_dir in enumerate(layers)]
 
     lens_d = ws.get("lengths", np.dtype(np.int64), lambda T_, B_: (B_,))
     if B:

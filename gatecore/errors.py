@@ -15,6 +15,7 @@ __all__ = [
     "UnknownCellError",
     "CellSpecError",
     "StaleTapeError",
+    "WorkspaceBusyError",
     "PluginError",
 ]
 
@@ -45,6 +46,11 @@ class CellSpecError(GatecoreError, ValueError):
 
 class StaleTapeError(GatecoreError, ValueError):
     """``backward`` was given a tape whose workspace has been reused by a later call."""
+
+
+class WorkspaceBusyError(GatecoreError, RuntimeError):
+    """A call was given a :class:`~gatecore.Workspace` that another call (in another
+    thread) is still using: a workspace serves one call at a time."""
 
 
 class PluginError(GatecoreError, RuntimeError):

@@ -10,14 +10,21 @@ buffers have since been overwritten (:class:`~gatecore.errors.StaleTapeError`).
 Arrays returned by ``gatecore.forward`` / ``backward`` with a workspace are views into it
 (as cuDNN's reserve space and outputs are): they stay valid until the next call that uses
 the same workspace. Copy them to keep them longer.
+
+A workspace serves one call at a time: threads that call at once need one each (a call
+given a workspace that another call is using raises
+:class:`~gatecore.errors.WorkspaceBusyError` rather than mixing their buffers).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 
 import numpy as np
+
+from .errors import WorkspaceBusyError
 
 __all__ = ["Workspace"]
 
@@ -91,6 +98,23 @@ class Workspace:
         self._fixed: dict = {}
         self._host: Workspace | None = None
         self._shape = (0, 0)
+        self._busy = threading.Lock()  # held by the call using the workspace
+
+    def _acquire(self) -> None:
+        """Mark the workspace in use by this call (release with ``_release``).
+
+        Raises
+        ------
+        WorkspaceBusyError
+            Another call (another thread) is using it.
+        """
+        if not self._busy.acquire(blocking=False):
+            raise WorkspaceBusyError(
+                "workspace is in use by another call (another thread?): a Workspace serves "
+                "one call at a time; give each thread its own Workspace")
+
+    def _release(self) -> None:
+        self._busy.release()
 
     # ----------------------------------------------------------------- internal
     def _begin(self, T: int, B: int) -> int:

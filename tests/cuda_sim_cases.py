@@ -173,6 +173,25 @@ def test_rejected_call_leaves_earlier_tape_usable():
     assert host(dx).shape == (3, 2, 2)
 
 
+def test_tape_keeps_its_own_copy_of_device_parameters():
+    """The caller's device arrays (DeviceParams of CUDA arrays: zero-copy) changed in place
+    between forward and backward (an optimizer step taken early) do not change that
+    backward's gradients (as on the CPU: a training call copies the parameters)."""
+    p = gatecore.init_params("lstm", 2, 3, dtype=np.float64, seed=1)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((3, 2, 2)), rng.standard_normal((3, 2, 3))
+    _, _, tape = gatecore.forward("lstm", x, p)
+    ref = gatecore.backward(tape, dy)
+    mine = {k: cuda.to_device(v) for k, v in p.items()}
+    _, _, tape = gatecore.forward("lstm", x, gatecore.to_device(mine))
+    for a in mine.values():  # in place, in the caller's memory
+        a.copy_to_device(host(a) * 1.5 + 0.25)
+    dx, ds0, dp = gatecore.backward(tape, dy)
+    close(dx, ref[0], np.float64, "dx")
+    for k in ref[2]:
+        close(dp[k], ref[2][k], np.float64, k)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_dropout_between_layers_matches_cpu(cell):
     """Dropout between layers: the same rng gives the same masks on the host for both

@@ -392,6 +392,45 @@ def test_kernel_cache_key_includes_closure_constants():
     assert np.any(ya != 0) and np.all(yb == 0)
 
 
+def test_kernel_cache_key_follows_helpers_reached_through_a_module(tmp_path, monkeypatch):
+    """A rule calling ``helpers.act(...)`` (a module among its globals): a changed helper,
+    or a changed constant of that module, changes the fingerprint (the cached kernel would
+    otherwise keep the old helper)."""
+    import importlib
+    import sys
+    import textwrap
+
+    from gatecore.cells.gru import GRU_RESET_AFTER, gru_after_forward
+
+    def spec_with(scale, const):
+        (tmp_path / "fp_helpers.py").write_text(textwrap.dedent(f"""
+            from numba import njit
+            SCALE = {const}
+
+            @njit
+            def act(v):
+                return {scale} * v
+        """))
+        sys.modules.pop("fp_helpers", None)
+        helpers = importlib.import_module("fp_helpers")
+        fwd = gru_after_forward
+
+        def forward(ax, ah, sp, ex, sn, tp, j, H):
+            fwd(ax, ah, sp, ex, sn, tp, j, H)
+            sn[0, j] = helpers.act(sn[0, j]) * helpers.SCALE
+
+        return dataclasses.replace(GRU_RESET_AFTER, name="helper_gru", forward=forward,
+                                   configure=None, option_defaults={})
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        keys = [spec_with(1.0, 1.0).fingerprint(), spec_with(0.5, 1.0).fingerprint(),
+                spec_with(0.5, 2.0).fingerprint(), spec_with(0.5, 2.0).fingerprint()]
+    finally:
+        sys.modules.pop("fp_helpers", None)
+    assert len(set(keys[:3])) == 3 and keys[2] == keys[3]
+
+
 def test_cell_names_must_be_lower_case():
     with pytest.raises(gatecore.CellSpecError, match="lower-case"):
         dataclasses.replace(SPEC_LSTM, name="MyLSTM").validate()

@@ -120,6 +120,18 @@ def test_gru_cell_trains(co2_slice, capsys):
     assert "model (gru)" in out
 
 
+def test_a_series_a_baseline_forecasts_exactly_gets_a_summary(tmp_path, capsys):
+    """A perfectly periodic series (period --season): the seasonal-naive baseline's RMSE is
+    0 on the test period; the summary says so instead of dividing by it."""
+    path = tmp_path / "periodic.csv"
+    pattern = [3, 5, 9, 4, 1, 7, 8, 2, 6, 0, 11, 10]
+    path.write_text("v\n" + "".join(f"{pattern[i % 12]}\n" for i in range(144)))
+    rc = main(["train", "--csv", str(path), *SMALL, "--epochs", "2"])
+    out, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "a baseline is exact on the test period" in out and "time:" in out
+
+
 def _bad_files(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
     """name -> (arguments, a phrase the error line must contain)."""
     def write(name, text):

@@ -213,3 +213,39 @@ def test_backward_twice_without_a_workspace_keeps_the_first_results(rng):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(g2["weight_ih_l0"], 2 * g1["weight_ih_l0"], rtol=1e-5, atol=1e-6)
     assert not np.shares_memory(dx1, dx2)
+
+
+def test_a_workspace_in_use_by_another_call_is_refused(rng):
+    """A workspace serves one call at a time: a call given one that another thread's call
+    holds raises WorkspaceBusyError (not buffers mixed between the two calls); once free,
+    the same calls run, and a refused call changed nothing (its tape is still fresh)."""
+    import threading
+
+    p = gatecore.init_params("gru", 3, 4, dtype=np.float64, seed=0)
+    x = rng.standard_normal((5, 2, 3))
+    ws = gatecore.Workspace()
+    y, _, tape = gatecore.forward("gru", x, p, workspace=ws)
+    y = y.copy()
+    held, release = threading.Event(), threading.Event()
+
+    def other_call():  # another thread's call, in the middle of using ws
+        ws._acquire()
+        held.set()
+        release.wait(30)
+        ws._release()
+
+    t = threading.Thread(target=other_call)
+    t.start()
+    try:
+        assert held.wait(30)
+        with pytest.raises(gatecore.WorkspaceBusyError, match="one call at a time"):
+            gatecore.forward("gru", x, p, workspace=ws)
+        with pytest.raises(gatecore.WorkspaceBusyError):
+            gatecore.backward(tape, np.ones_like(y))
+    finally:
+        release.set()
+        t.join()
+    dx = gatecore.backward(tape, np.ones_like(y))[0]  # (still fresh: the refused calls did nothing)
+    assert dx.shape == x.shape
+    np.testing.assert_array_equal(gatecore.forward("gru", x, p, workspace=ws)[0], y)
+

@@ -105,15 +105,67 @@ def _value_key(value) -> bytes:
     return repr(value).encode()
 
 
+def _closure_values(py) -> list:
+    """The values of ``py``'s closure cells (empty cells left out)."""
+    out = []
+    for cell in getattr(py, "__closure__", None) or ():
+        try:
+            out.append(cell.cell_contents)
+        except ValueError:  # (a cell not filled yet)
+            pass
+    return out
+
+
+#: top-level packages whose modules a rule reaches but the fingerprint does not look into
+#: (they change only with the installed version)
+_FIXED_MODULES = frozenset({"numpy", "numba", "math", "cmath", "llvmlite", "scipy", "builtins"})
+
+
+def _module_attrs(py) -> list:
+    """``(name, object)`` for what ``py`` can read as an attribute of a module among its
+    globals or closure, through modules too (``helpers.act``, ``gatecore.activations.tanh``,
+    ``helpers.SCALE``): Numba compiles those in like globals. Names are matched against
+    every name the code uses (attribute names are not told apart from others there).
+    Libraries' modules (NumPy, Numba, math, ...: ``_FIXED_MODULES``) are not looked into."""
+    code = getattr(py, "__code__", None)
+    if code is None:
+        return []
+    names = sorted(_global_names(code))
+    glb = getattr(py, "__globals__", {})
+    todo = [glb[n] for n in names if isinstance(glb.get(n), types.ModuleType)]
+    todo += [v for v in _closure_values(py) if isinstance(v, types.ModuleType)]
+    todo = [m for m in todo if m.__name__.partition(".")[0] not in _FIXED_MODULES]
+    done: set = set()
+    out = []
+    while todo:
+        mod = todo.pop()
+        if id(mod) in done:
+            continue
+        done.add(id(mod))
+        for n in names:
+            try:
+                obj = getattr(mod, n)
+            except Exception:  # noqa: BLE001 - absent (or a module __getattr__ that fails)
+                continue
+            if isinstance(obj, types.ModuleType):
+                if obj.__name__.partition(".")[0] not in _FIXED_MODULES:
+                    todo.append(obj)
+            else:
+                out.append((f"{mod.__name__}.{n}", obj))
+    return out
+
+
 def _helpers(fn, seen: set) -> list:
-    """Plain Python functions that ``fn`` calls through its globals, transitively."""
+    """Plain Python functions that ``fn`` calls through its globals, its closure or modules
+    among them (``helpers.act``: ``_module_attrs``), transitively."""
     out = []
     py = _py(fn)
     code = getattr(py, "__code__", None)
     if code is None:
         return out
-    for name in sorted(_global_names(code)):
-        obj = getattr(py, "__globals__", {}).get(name)
+    glb = getattr(py, "__globals__", {})
+    reached = [glb.get(name) for name in sorted(_global_names(code))] + _closure_values(py)
+    for obj in reached + [obj for _, obj in _module_attrs(py)]:
         inner = _py(obj)
         if isinstance(inner, types.FunctionType) and inner not in seen:
             seen.add(inner)
@@ -312,10 +364,12 @@ class CellSpec:
                     h.update(code.co_code + repr(code.co_consts).encode())
                 h.update(f"{py.__module__}.{py.__qualname__}".encode())
                 # values Numba freezes into the compiled rule: closure cells, global constants
-                for value in [c.cell_contents for c in (py.__closure__ or ())] + [
+                for value in _closure_values(py) + [
                         py.__globals__[n] for n in sorted(_global_names(py.__code__))
                         if n in py.__globals__]:
                     h.update(_value_key(value))
+                for name, value in _module_attrs(py):  # (helpers.SCALE as well)
+                    h.update(name.encode() + _value_key(value))
         return h.hexdigest()[:16]
 
     def validate(self) -> None:

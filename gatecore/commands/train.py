@@ -157,7 +157,10 @@ def print_summary(series, result, seconds: float, written=()) -> None:
               if m["model"]["rmse"] < v["rmse"] and m["model"]["mae"] < v["mae"]]
     verdict = ("the model beats both baselines" if len(beaten) == 2 else
                "the model does NOT beat " + " and ".join(n for n, _ in rows[1:] if n not in beaten))
-    print(f"{verdict} (RMSE {m['model']['rmse'] / best_base:.2f}x the better baseline's)")
+    if best_base > 0:
+        print(f"{verdict} (RMSE {m['model']['rmse'] / best_base:.2f}x the better baseline's)")
+    else:  # (a baseline forecasts the test period exactly: a periodic or constant series)
+        print(f"{verdict} (a baseline is exact on the test period: RMSE 0)")
     print()
     for what, path in written:
         print(f"{what}: {path}")
