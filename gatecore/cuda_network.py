@@ -355,7 +355,7 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
     mod = cuda_kernels(spec, dtype)
     if keep:  # the tape's own copy of the parameters (as on the CPU): DeviceParams may be the
         # caller's memory, which an optimizer step before backward would change
-        layers = [[{p: _snapshot(ws, f"p_{p}{k}_{d}", a) for p, a in group.items()}
+        layers = [[{p: _snapshot(ws, f"p_{p}_l{k}_{d}", a) for p, a in group.items()}
                    for d, group in enumerate(per_dir)] for k, per_dir in enumerate(layers)]
 
     lens_d = ws.get("lengths", np.dtype(np.int64), lambda T_, B_: (B_,))

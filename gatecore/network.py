@@ -205,29 +205,42 @@ def external_products(spec: CellSpec, dims: Dims, batch: int) -> bool:
 TEAM_MACS = 1 << 19
 
 
-#: per-step multiply-adds (G*H*Hr) from which an inference call of ONE item runs its steps
-#: on a team as well: each thread multiplies h by its half of weight_hh's rows (packed: one
-#: row of A, memory-bound; each half stays in its own core's cache) and applies the rule to
-#: its half of the units; the threads meet once per step (a round trip of the flags' cache
-#: line took 0.1 us here). Measured in-process, one-thread steps and team alternated in
-#: rounds of 20-40 calls (T=1000 or 300, B=1, I=H; a noisy host): LSTM H=128 0.87-0.93 of
-#: the time (one round 1.25), H=256 0.55-0.83 (one round 1.15); GRU H=128 0.89-1.11 (not
-#: taken), H=256 0.67-0.97; LSTM H=64 1.2-1.4 (too little work a step for the meeting).
-#: A busy second core slows a team more than the one-thread steps (each step waits for it).
-TEAM_ONE_MACS = 1 << 16
+#: per-step multiply-adds (G*H*Hr) from which an inference call of ONE item over at least
+#: TEAM_ONE_MIN_STEPS steps runs its steps on a team as well (and two CPUs are usable,
+#: ``overlap.enabled``): each thread multiplies h by its half of weight_hh's rows (packed:
+#: one row of A, memory-bound; each half stays in its own core's cache) and applies the
+#: rule to its half of the units; the threads meet once per step (a round trip of the
+#: flags' cache line took 0.1 us here). Measured in-process, one-thread steps and team
+#: alternated in rounds (B=1, I=H, prepared parameters; a noisy host): LSTM H=256 T=300
+#: 0.51-0.83 of the time (one round 1.15), T=128 0.48, T=64 1.10, T=32 1.00, T=1 1.7-1.9
+#: (the team's start, and packing W_hh each call for a plain mapping); GRU H=256 (not
+#: taken) T=300 0.67-1.07, T=64 1.36; LSTM H=128 T=1000 0.87-1.02 (one round 1.25), T=100
+#: 1.4-1.8: not taken either. A busy second core slows a team more than the one-thread
+#: steps (each step waits for it).
+TEAM_ONE_MACS = 1 << 18
+TEAM_ONE_MIN_STEPS = 128
 
 
-def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool) -> bool:
+def team_one_item(spec: CellSpec, dims: Dims, batch: int, steps: int, training: bool) -> bool:
+    """Whether an inference call of one item over ``steps`` steps runs them on a team
+    (TEAM_ONE_MACS; the dtype and cell conditions are ``team_products``')."""
+    return (batch == 1 and not training and steps >= TEAM_ONE_MIN_STEPS
+            and _step_macs(spec, dims, batch) >= TEAM_ONE_MACS and overlap.enabled())
+
+
+def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool,
+                  steps: int = 0) -> bool:
     """Whether a call's recurrent products run as packed products on two threads.
 
     Training too, where gatecore can run NumPy's OpenBLAS on one thread
     (``blas.numpy_blas_available``): backward's products over all steps (weight gradients,
     dx) then run as two halves on two threads, one thread of OpenBLAS each, and OpenBLAS's
-    own threads never wake to spin against the packed products.
+    own threads never wake to spin against the packed products. One item over ``steps``
+    steps in inference: from TEAM_ONE_MACS (``team_one_item``).
     """
-    macs = _step_macs(spec, dims, batch)
     return (kpacked.usable(dtype)
-            and (macs >= TEAM_MACS or (batch == 1 and not training and macs >= TEAM_ONE_MACS))
+            and (_step_macs(spec, dims, batch) >= TEAM_MACS
+                 or team_one_item(spec, dims, batch, steps, training))
             and not spec.two_stage and not dims.proj_size
             and (not training or blas.numpy_blas_available()))
 
@@ -823,7 +836,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     zeros_bias.fill(-0.0)  # (an exact additive identity: x + -0.0 is x, also for x = -0.0)
     state_n = views["state_n"]
     own = own_products(spec, dims, B)
-    team = team_products(spec, dims, B, dtype, keep)
+    team = team_products(spec, dims, B, dtype, keep, T)
     own = own and not team
     pown = own and packed_own(dtype, B)
     ext = external_products(spec, dims, B) and not team
@@ -866,7 +879,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             pk = packed[k][d] if packed is not None else None
             bih = group["bias_ih"] if dims.bias else zeros_bias
             bhh = group["bias_hh"] if dims.bias else zeros_bias
-            wp = no_wp  # (team: weight_hh[:G1H] packed gate by gate, for more than one item)
+            wp = no_wp  # (team: weight_hh[:G1H] packed gate by gate)
             if T * B and (team or iteam):  # packed on two threads, no BLAS (team_products)
                 # (gx = x W_ih^T + b_ih, + b_hh too for the kernels' FUSE cells: see
                 # _team_fwd_half in cpu_kernels.py.in)

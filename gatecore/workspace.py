@@ -110,11 +110,22 @@ class Workspace:
         """
         if not self._busy.acquire(blocking=False):
             raise WorkspaceBusyError(
-                "workspace is in use by another call (another thread?): a Workspace serves "
-                "one call at a time; give each thread its own Workspace")
+                "workspace is in use by another call (another thread's, or one still running "
+                "in this thread): a Workspace serves one call at a time; give each thread "
+                "its own Workspace (a tape made without one, and a Forecaster, hold their "
+                "own: use one per thread too)")
 
     def _release(self) -> None:
         self._busy.release()
+
+    def __getstate__(self):  # (copy, deepcopy, pickle: a lock cannot be copied; the copy
+        state = dict(self.__dict__)  # gets its own, free)
+        del state["_busy"]
+        return state
+
+    def __setstate__(self, state) -> None:
+        self.__dict__.update(state)
+        self._busy = threading.Lock()
 
     # ----------------------------------------------------------------- internal
     def _begin(self, T: int, B: int) -> int:

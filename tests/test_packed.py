@@ -331,6 +331,28 @@ def test_team_is_for_float32_inference_of_one_stage_cells_only():
     assert network.team_products(lstm, dims, 64, np.float32, True) == blas.numpy_blas_available()
 
 
+def test_one_item_takes_the_team_only_for_long_inference_with_two_cpus(monkeypatch):
+    """One item: a team in inference from TEAM_ONE_MACS per step over TEAM_ONE_MIN_STEPS
+    steps or more, never in training, with short sequences or without a second CPU."""
+    from gatecore.params import Dims
+    from gatecore.registry.manager import get_registry
+
+    if not kp.usable(np.float32):
+        pytest.skip("no packed products on this CPU")
+    lstm = get_registry().cells()["lstm"].spec
+    big = Dims(input_size=256, hidden_size=256, num_layers=1, num_directions=1, proj_size=0,
+               bias=True)
+    mid = Dims(input_size=128, hidden_size=128, num_layers=1, num_directions=1, proj_size=0,
+               bias=True)
+    monkeypatch.setattr(overlap, "enabled", lambda: True)
+    assert network.team_products(lstm, big, 1, np.float32, False, 300)
+    assert not network.team_products(lstm, big, 1, np.float32, False, 64)  # short
+    assert not network.team_products(lstm, big, 1, np.float32, True, 300)  # training
+    assert not network.team_products(lstm, mid, 1, np.float32, False, 1000)  # small steps
+    monkeypatch.setattr(overlap, "enabled", lambda: False)
+    assert not network.team_products(lstm, big, 1, np.float32, False, 300)  # one CPU
+
+
 def test_team_training_is_quiet_and_restores_numpy_blas_threads():
     """Backward on the team path: overflow gives inf silently (also in the half on the
     worker thread, under -W error), and NumPy's OpenBLAS thread count is what it was, after

@@ -431,6 +431,47 @@ def test_kernel_cache_key_follows_helpers_reached_through_a_module(tmp_path, mon
     assert len(set(keys[:3])) == 3 and keys[2] == keys[3]
 
 
+def test_kernel_cache_key_ends_on_modules_that_make_modules_and_sees_defaults(tmp_path,
+                                                                            monkeypatch):
+    """A module whose ``__getattr__`` makes a new module for every name does not make the
+    fingerprint's walk endless; a helper's default argument (``scale=SCALE``) is part of
+    the key."""
+    import importlib
+    import sys
+    import textwrap
+
+    from gatecore.cells.gru import GRU_RESET_AFTER, gru_after_forward
+
+    def spec_with(scale):
+        (tmp_path / "fp_magic.py").write_text(textwrap.dedent(f"""
+            import types
+            from numba import njit
+
+            @njit
+            def act(v, scale={scale}):
+                return scale * v
+
+            def __getattr__(name):
+                return types.ModuleType(name)
+        """))
+        sys.modules.pop("fp_magic", None)
+        magic = importlib.import_module("fp_magic")
+        fwd = gru_after_forward
+
+        def forward(ax, ah, sp, ex, sn, tp, j, H):
+            fwd(ax, ah, sp, ex, sn, tp, j, H)
+            sn[0, j] = magic.act(sn[0, j]) + magic.other.thing.deeper
+
+        return dataclasses.replace(GRU_RESET_AFTER, name="magic_gru", forward=forward,
+                                   configure=None, option_defaults={})
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        assert spec_with(1.0).fingerprint() != spec_with(5.0).fingerprint()
+    finally:
+        sys.modules.pop("fp_magic", None)
+
+
 def test_cell_names_must_be_lower_case():
     with pytest.raises(gatecore.CellSpecError, match="lower-case"):
         dataclasses.replace(SPEC_LSTM, name="MyLSTM").validate()

@@ -249,3 +249,20 @@ def test_a_workspace_in_use_by_another_call_is_refused(rng):
     assert dx.shape == x.shape
     np.testing.assert_array_equal(gatecore.forward("gru", x, p, workspace=ws)[0], y)
 
+
+
+def test_a_workspace_copies_and_pickles_with_a_lock_of_its_own(rng):
+    """copy.deepcopy and pickle (a Forecaster holds a workspace): the copy gets its own
+    free lock and works; the original is unaffected."""
+    import copy
+    import pickle
+
+    p = gatecore.init_params("lstm", 2, 3, seed=0)
+    x = rng.standard_normal((4, 2, 2)).astype(np.float32)
+    ws = gatecore.Workspace()
+    y = gatecore.forward("lstm", x, p, workspace=ws, training=False)[0].copy()
+    for other in (copy.deepcopy(ws), pickle.loads(pickle.dumps(ws))):
+        assert other._busy is not ws._busy
+        np.testing.assert_array_equal(
+            gatecore.forward("lstm", x, p, workspace=other, training=False)[0], y)
+    np.testing.assert_array_equal(gatecore.forward("lstm", x, p, workspace=ws, training=False)[0], y)

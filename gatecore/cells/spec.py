@@ -116,6 +116,9 @@ def _closure_values(py) -> list:
     return out
 
 
+#: most modules ``_module_attrs`` looks into for one function (a module whose
+#: ``__getattr__`` makes a new module for every name would otherwise never end)
+_MAX_MODULES = 64
 #: top-level packages whose modules a rule reaches but the fingerprint does not look into
 #: (they change only with the installed version)
 _FIXED_MODULES = frozenset({"numpy", "numba", "math", "cmath", "llvmlite", "scipy", "builtins"})
@@ -137,7 +140,7 @@ def _module_attrs(py) -> list:
     todo = [m for m in todo if m.__name__.partition(".")[0] not in _FIXED_MODULES]
     done: set = set()
     out = []
-    while todo:
+    while todo and len(done) < _MAX_MODULES:
         mod = todo.pop()
         if id(mod) in done:
             continue
@@ -370,6 +373,8 @@ class CellSpec:
                     h.update(_value_key(value))
                 for name, value in _module_attrs(py):  # (helpers.SCALE as well)
                     h.update(name.encode() + _value_key(value))
+                for value in (py.__defaults__ or ()) + tuple((py.__kwdefaults__ or {}).items()):
+                    h.update(b"default " + _value_key(value))  # (def act(v, scale=SCALE))
         return h.hexdigest()[:16]
 
     def validate(self) -> None:
