@@ -956,7 +956,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             def targs(r, tile):
                 """_team_fwd_half's arguments from gx on, with the scratch rows ``r`` and the
                 tile of one thread (a team's, or the halves of the batch on a team)."""
-                return (gx, whh, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp, gh1,
+                return (gx, bhh, zeros_bias, ex, lengths, bool(d), keep, hp, st, tp, gh1,
                         *(r[n] for n in _TEAM_FWD_ROWS), y, d * Hr, wp, tile)
             if ext:
                 for s_ in range(T):
