@@ -256,6 +256,18 @@ def team_products(spec: CellSpec, dims: Dims, batch: int, dtype, training: bool,
 SPLIT_MACS = 1 << 25
 
 
+#: whether backward's weight gradients on the halves of ``_split_grads`` run through the
+#: packed kernels' ``pgemm_tn`` (AVX-512 targets) rather than NumPy's OpenBLAS on one thread
+#: each. Not on Zen 4 (``packed.HALF_512``), where OpenBLAS was faster: in-process A/B of
+#: whole training steps (forward + backward, pgemm_tn against OpenBLAS for dW, dx packed in
+#: both), LSTM deepbench512 135.5 against 124.3 ms, wide1024 159.5 / 143.9, bench320 158.5 /
+#: 150.7, T=1000, B=1, H=128 16.2 / 15.3; GRU deepbench512 104.5 / 101.0, wide1024 109.8 /
+#: 105.3, bench320 124.7 / 127.1 and T=1000, B=1, H=128 12.4 / 12.7 (one thread, alone:
+#: pgemm_tn 62-65 GFLOP/s at deepbench512's and wide1024's dW against OpenBLAS's 88-91).
+#: Each choice gives its own last bits of the weight gradients (about 1e-7 relative).
+TN_WEIGHT_GRADS = kpacked.WIDE and not kpacked.HALF_512
+
+
 def split_grads(spec: CellSpec, dims: Dims, rows: int, din: int, dtype) -> bool:
     """Whether backward's products over all steps (``rows`` = T * B of them, layer input
     size ``din``) run as two halves (``_split_grads``) on a call that is not a team's."""
@@ -393,7 +405,8 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     the biases' column sums one each.
 
     On AVX-512 targets (``packed.WIDE``, float32) the weight gradients run through
-    ``pgemm_tn`` where their shapes have whole pairs of panels (``_tn_plan``), and dx
+    ``pgemm_tn`` where their shapes have whole pairs of panels (``_tn_plan``; not on Zen 4:
+    ``TN_WEIGHT_GRADS``), and dx
     through ``pgemm`` over W_ih packed by columns (one thread: 1.4-1.8x NumPy's OpenBLAS
     at bench320's shapes; training 5-15% faster at bench320/deepbench512/wide1024; halves
     split by rows where X is the wider operand: LSTM deepbench512 this part 39.5 -> 30.0 ms
@@ -409,7 +422,8 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     dw_ih, dw_hh = dparams["weight_ih" + sfx], dparams["weight_hh" + sfx]
     dtype = dax2d.dtype
     I = wih.shape[1]
-    wide = bool(kpacked.WIDE and kpacked.usable(dtype) and M)  # our kernels, not OpenBLAS
+    # dW by our kernels, not OpenBLAS (TN_WEIGHT_GRADS)
+    wide = bool(kpacked.WIDE and TN_WEIGHT_GRADS and kpacked.usable(dtype) and M)
     p_ih = _tn_plan(dax2d, x2d, ws, "ih") if wide else None
     p_hh = _tn_plan(dah2d, hp2d, ws, "hh") if wide else None
     xps = [_tn_scratch(ws, dtype, h, max(x2d.shape[1], GH, hp2d.shape[1], G1H))

@@ -95,12 +95,15 @@ def test_team_path_gives_the_same_results(name):
     one batch item and several (packed products), a hidden size whose second half
     is not whole panels (37) and one with an empty second half (5); with AVX-512, hidden
     sizes whose weight gradients run through pgemm_tn directly (32: dW_hh) or transposed
-    (32: dW_ih [4H, 4]; 48: LSTM's dW_hh [192, 48]). Cells the team path does not take
-    (two-stage, projection) run their usual path under both."""
+    (32: dW_ih [4H, 4]; 48: LSTM's dW_hh [192, 48]), and through NumPy's OpenBLAS instead
+    (network.TN_WEIGHT_GRADS: Zen 4's default), whichever this CPU's default is. Cells the
+    team path does not take (two-stage, projection) run their usual path under all."""
     import numpy as np
 
     import gatecore
     from conftest import products_path
+    from gatecore import network
+    from gatecore.kernels import packed as kp
 
     for H, B in ((37, 3), (37, 1), (5, 2), (32, 3), (48, 2)):
         rng = np.random.default_rng(11)
@@ -110,16 +113,25 @@ def test_team_path_gives_the_same_results(name):
         dy = rng.standard_normal((7, B, 2 * H)).astype(np.float32)
         lengths = [7, 4, 0][:B] if B > 1 else [5]
         out = {}
-        for path in ("own", "team"):
-            with products_path(path):
-                q = gatecore.prepare(p)
-                y_inf = gatecore.forward(name, x, q, lengths=lengths, training=False)[0].copy()
-                y, s_n, tape = gatecore.forward(name, x, p, lengths=lengths)
-                dx, ds0, dp = gatecore.backward(tape, dy)
-                out[path] = [y_inf, y.copy(), dx.copy(), *(s.copy() for s in s_n),
-                             *(s.copy() for s in ds0), *(dp[k].copy() for k in sorted(dp))]
-        for a, b in zip(out["own"], out["team"]):
-            np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
+        paths = ["own", "team"] + (["team, other dW"] if kp.WIDE and H in (32, 48) else [])
+        for path in paths:
+            saved = network.TN_WEIGHT_GRADS
+            if path == "team, other dW":
+                network.TN_WEIGHT_GRADS = not saved
+            try:
+                with products_path(path.split(",")[0]):
+                    q = gatecore.prepare(p)
+                    y_inf = gatecore.forward(name, x, q, lengths=lengths,
+                                             training=False)[0].copy()
+                    y, s_n, tape = gatecore.forward(name, x, p, lengths=lengths)
+                    dx, ds0, dp = gatecore.backward(tape, dy)
+            finally:
+                network.TN_WEIGHT_GRADS = saved
+            out[path] = [y_inf, y.copy(), dx.copy(), *(s.copy() for s in s_n),
+                         *(s.copy() for s in ds0), *(dp[k].copy() for k in sorted(dp))]
+        for path in paths[1:]:
+            for a, b in zip(out["own"], out[path]):
+                np.testing.assert_allclose(b, a, rtol=2e-5, atol=2e-5)
 
 
 @pytest.mark.parametrize("name,proj", [(n, 0) for n in sorted(get_registry().cells())]

@@ -104,12 +104,32 @@ def _target_has_fma(feats: set[str]) -> bool:
     return "+fma" in feats and "+avx2" in feats
 
 
+def _target_name() -> str:
+    """LLVM's name of the CPU Numba compiles for (NUMBA_CPU_NAME, else the host's), such as
+    "znver4" or "skylake-avx512"; "" when unknown."""
+    try:
+        from numba.core import config as nconfig
+        name = nconfig.CPU_NAME
+        if name in (None, "host"):
+            import llvmlite.binding as ll
+            name = ll.get_host_cpu_name()
+        return str(name)
+    except Exception:  # noqa: BLE001 - unknown
+        return ""
+
+
 _FEATURES = _target_features()
 _FMA = _target_has_fma(_FEATURES)
 #: the target has AVX-512 (F): pgemm_at multiplies two panels at once with 16-wide vectors
 #: (``_w6s``). A compile-time constant of the kernels; Numba's cache keys its entries by the
 #: target's features, so a cache filled on another CPU is never used with the wrong value.
 WIDE = _FMA and "+avx512f" in _FEATURES
+#: an AVX-512 target that runs each 512-bit operation as two 256-bit halves (AMD Zen 4,
+#: LLVM's "znver4"): there the micro-kernels reach about the rate of NumPy's OpenBLAS, whose
+#: hand-written kernels beat pgemm_tn (backward's weight gradients; see
+#: ``network.TN_WEIGHT_GRADS``), while on Zen 5, with whole 512-bit FMA units, pgemm_tn ran
+#: 1.5-2.4x faster than OpenBLAS (its docstring)
+HALF_512 = WIDE and _target_name() == "znver4"
 
 _I32 = ir.IntType(32)
 #: an x86 machine: the ``pause`` spin hint and the MXCSR (fp_control) exist
