@@ -361,6 +361,10 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
     lens_d = ws.get("lengths", np.dtype(np.int64), lambda T_, B_: (B_,))
     if B:
         lens_d.copy_to_device(lens)
+    empty_d = None  # items without a step (taped): 0, the others T, for zeroing their h0 slots
+    if keep and lengths is not None and T and B and not lens.all():
+        empty_d = ws.get("lengths_empty", np.dtype(np.int64), lambda T_, B_: (B_,))
+        empty_d.copy_to_device(np.where(lens == 0, 0, T).astype(np.int64))
     x0 = ws.get("x0", dtype, lambda T_, B_: (T_, B_, I))
     _load(x_in, x0, bool(batch_first) and not unbatched, lens_d, lengths is not None)
     states = []
@@ -443,6 +447,8 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
             _copy_slab(hp, last, state_n[0], idx)
             for s in range(1, S):
                 _copy_slab(st_views[s], last, state_n[s], idx)
+            if empty_d is not None:  # (as on the CPU: their h0 meets only dA = 0 in dW_hh)
+                _p(cu.copy_in3, T * B * Hr, hp[:T], hp[:T], False, empty_d, True)
             if keep:
                 buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex)
         layer_in = y

@@ -864,6 +864,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     buffers = {}
     masks = []
     layer_in = x
+    empty = np.flatnonzero(lengths == 0) if (keep and padded and T) else None
+    empty = empty if empty is not None and empty.size else None
     # (training: a team's forward only, whose tape is the same; the one-thread path's
     # gx holds no biases)
     item_team_ok = (team or (pown and not keep)) and item_team_cell(spec, dims, dtype, B)
@@ -1015,6 +1017,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             state_n[0][idx] = hp[last]
             for s in range(1, S):
                 state_n[s][idx] = st[s, last]
+            if empty is not None:  # items without a step: h0, carried through every slot,
+                hp[:T, empty] = 0  # meets only dA = 0 in dW_hh (a NaN h0 made it all NaN)
             if keep:
                 buffers[(k, d)] = dict(gx=gx, hp=hp, st=st, u=u, tp=tp, ex=ex, mh=mh, w1c=w1c,
                                        w2c=w2c, whrc=whrc)

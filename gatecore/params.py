@@ -78,6 +78,11 @@ def _as_param_array(key: str, value) -> np.ndarray:
         arr = np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way
         raise DTypeError(f"params[{key!r}] is not convertible to a NumPy array: {exc}") from None
+    if arr.ndim == 0:  # (before the dtype: a Python float is float64 whatever the others)
+        raise ParameterError(
+            f"params[{key!r}] is a scalar ({arr.dtype} {arr.item()!r}); parameters are "
+            "arrays: weights 2-D, biases 1-D [G*hidden_size]"
+        )
     if arr.dtype.kind == "f" and not arr.dtype.isnative:  # big-endian data from a file
         arr = arr.astype(arr.dtype.newbyteorder("="))
     if arr.dtype not in (np.float32, np.float64):

@@ -100,6 +100,26 @@ def test_every_cell_float32_zero_length(cell, opts):
              dtype=np.float32, device_params=True)
 
 
+def test_length_zero_with_nan_h0():
+    """An item without a step: a NaN h0 reaches no weight gradient (as on the CPU)."""
+    T, B, I, H = 3, 2, 2, 3
+    rng = np.random.default_rng(5)
+    p = gatecore.init_params("gru", I, H, dtype=np.float64, seed=5)
+    x = rng.standard_normal((T, B, I))
+    h0 = rng.standard_normal((1, B, H))
+    h0[:, 1] = np.nan
+    dy = rng.standard_normal((T, B, H))
+    lengths = np.array([3, 0])
+    _, _, tape = gatecore.forward("gru", x, p, (h0,), lengths=lengths)
+    dp = {k: v.copy() for k, v in gatecore.backward(tape, dy)[2].items()}
+    assert all(np.all(np.isfinite(v)) for v in dp.values())
+    _, _, taped = gatecore.forward("gru", cuda.to_device(x), p, (cuda.to_device(h0),),
+                                   lengths=lengths)
+    dpd = gatecore.backward(taped, cuda.to_device(dy))[2]
+    for k in dp:
+        close(dpd[k], dp[k], np.float64, f"dparams[{k}]")
+
+
 def test_lstm_projection_layers():
     run_both("lstm", {}, T=3, B=2, I=2, H=3, L=2, D=1, proj=2, lengths=np.array([3, 2]))
 

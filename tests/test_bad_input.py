@@ -216,9 +216,22 @@ def test_params_with_a_stray_layer_number_fail_fast(x):
 
 def test_params_dtype_mix_names_the_keys(x):
     p = gatecore.init_params("lstm", 3, 4, seed=0)
-    raises(DTypeError, r"float64: \['bias_ih_l0'\]", gatecore.lstm, x, dict(p, bias_ih_l0=1.0))
+    raises(DTypeError, r"float64: \['bias_ih_l0'\]", gatecore.lstm, x,
+           dict(p, bias_ih_l0=p["bias_ih_l0"].astype(np.float64)))
     raises(DTypeError, r"params\['bias_ih_l0'\] is a masked array", gatecore.lstm, x,
            dict(p, bias_ih_l0=np.ma.array(p["bias_ih_l0"], mask=True)))
+
+
+def test_a_scalar_parameter_is_a_shape_error_not_a_dtype_mix(x, p):
+    """params['bias_ih_l0'] = 0.0 among float32 arrays: the message says it is a scalar
+    (it said "params mix dtypes", whose advice does not fix it; found by a break-it sweep)."""
+    for dtype in (np.float32, np.float64):
+        q = {k: v.astype(dtype) for k, v in p.items()}
+        q["bias_ih_l0"] = 0.0
+        raises(ParameterError, r"params\['bias_ih_l0'\] is a scalar", gatecore.lstm,
+               x.astype(dtype), q)
+        q["bias_ih_l0"] = np.float32(1)
+        raises(ParameterError, r"is a scalar", gatecore.prepare, q)
 
 
 def test_big_endian_arrays_are_read_by_value(x):

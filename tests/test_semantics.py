@@ -44,6 +44,51 @@ def test_length_zero_and_padding(cell, opts, rng):
     assert all(np.all(np.isfinite(v)) for v in dp.values())
 
 
+@pytest.mark.parametrize("cell,opts,proj,dtype,path", [
+    ("lstm", {}, 0, np.float64, None), ("gru", {}, 0, np.float64, None),
+    ("gru", {"reset_after": False}, 0, np.float64, None), ("lstm", {}, 2, np.float64, None),
+    ("lstm", {}, 0, np.float32, "team"), ("gru", {}, 0, np.float32, "own")])
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_length_zero_with_nonfinite_h0_leaves_the_gradients_alone(cell, opts, proj, dtype, path,
+                                                                 bad, rng):
+    """An item without a step contributes nothing to the weight gradients, whatever its
+    h0 holds (its h0 went through every slot into dW_hh = sum dA^T h_prev: 0 * NaN made
+    weight_hh's gradient all NaN; found by a break-it sweep). Two layers, both directions."""
+    from conftest import products_path
+
+    T, B, I, H = 4, 3, 3, 5
+    p = gatecore.init_params(cell, I, H, num_layers=2, bidirectional=True, proj_size=proj,
+                             dtype=dtype, seed=2, **opts)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    lengths = [4, 0, 2]
+    s0 = [a.astype(dtype) for a in _state0(cell, 2, 2, B, H, rng)]
+    if proj:
+        s0[0] = s0[0][..., :proj].copy()
+    dy = rng.standard_normal((T, B, 2 * (proj or H))).astype(dtype)
+    out = []
+    for h0_empty in (0.5, bad):
+        s = [a.copy() for a in s0]
+        s[0][:, 1] = h0_empty  # the empty item's h0 (every layer and direction)
+        with products_path(path) if path else _nothing():
+            y, sn, tape = gatecore.forward(cell, x, p, tuple(s), lengths=lengths, **opts)
+            np.testing.assert_array_equal(sn[0][:, 1], s[0][:, 1])  # h_n = h0 still
+            dx, d0, dp = gatecore.backward(tape, dy)
+        out.append((y.copy(), dx.copy(), {k: v.copy() for k, v in dp.items()}))
+    (y_a, dx_a, dp_a), (y_b, dx_b, dp_b) = out
+    np.testing.assert_array_equal(y_b, y_a)
+    np.testing.assert_array_equal(dx_b, dx_a)
+    for k in dp_a:
+        np.testing.assert_array_equal(dp_b[k], dp_a[k], err_msg=k)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 @settings(max_examples=20)
 @given(cell_i=st.integers(0, 2), T=st.integers(1, 6), B=st.integers(2, 5), seed=st.integers(0, 10**6),
        bidir=st.booleans(), batch_first=st.booleans())
