@@ -309,7 +309,6 @@ def run_case(cell: str, shape_name: str, repeats: int, target_s: float, use_onnx
     return res
 
 
-
 def _matmul_sample():
     """A callable multiplying two MATMUL_N x MATMUL_N float32 matrices by NumPy's BLAS."""
     rng = np.random.default_rng(0)
@@ -498,6 +497,9 @@ def main(argv=None) -> int:
                   f"forward+backward {r['gflops_train']:.1f} GFLOP/s = {100 * ft:.0f}% (target "
                   f"{100 * TRAIN_MIN_FRACTION:.0f}%); of the run's peak {peak:.1f}: "
                   f"{100 * r['gflops_fwd'] / peak:.0f}% and {100 * r['gflops_train'] / peak:.0f}%")
+            if rate < 0.8 * peak:
+                print(f"  WARNING: the matmul rate sampled with {tag} is {100 * rate / peak:.0f}% "
+                      "of the run's peak: the host was busy, these fractions are unreliable")
             if ff < FWD_MIN_FRACTION:
                 misses.append(f"{tag}: forward at {100 * ff:.0f}% of the matmul rate (target >= 80%)")
             if ft < TRAIN_MIN_FRACTION:

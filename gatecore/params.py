@@ -78,9 +78,10 @@ def _as_param_array(key: str, value) -> np.ndarray:
         arr = np.asarray(value)
     except Exception as exc:  # noqa: BLE001 - report any conversion failure the same way
         raise DTypeError(f"params[{key!r}] is not convertible to a NumPy array: {exc}") from None
-    if arr.ndim == 0:  # (before the dtype: a Python float is float64 whatever the others)
+    if arr.ndim == 0 and arr.dtype.kind in "biufc":  # (before the dtype: a Python float is
+        shown = repr(arr.item())                        # float64 whatever the others are)
         raise ParameterError(
-            f"params[{key!r}] is a scalar ({arr.dtype} {arr.item()!r}); parameters are "
+            f"params[{key!r}] is a scalar ({arr.dtype} {shown[:40]}); parameters are "
             "arrays: weights 2-D, biases 1-D [G*hidden_size]"
         )
     if arr.dtype.kind == "f" and not arr.dtype.isnative:  # big-endian data from a file

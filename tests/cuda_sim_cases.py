@@ -100,22 +100,31 @@ def test_every_cell_float32_zero_length(cell, opts):
              dtype=np.float32, device_params=True)
 
 
-def test_length_zero_with_nan_h0():
-    """An item without a step: a NaN h0 reaches no weight gradient (as on the CPU)."""
-    T, B, I, H = 3, 2, 2, 3
+@pytest.mark.parametrize("cell, opts, proj", [("gru", {"reset_after": False}, 0),
+                                              ("lstm", {}, 2)])
+def test_length_zero_with_nan_states(cell, opts, proj):
+    """An item without a step: NaN initial states reach no weight gradient (as on the CPU);
+    two layers, both directions."""
+    T, B, I, H = 3, 3, 2, 3
     rng = np.random.default_rng(5)
-    p = gatecore.init_params("gru", I, H, dtype=np.float64, seed=5)
+    p = gatecore.init_params(cell, I, H, num_layers=2, bidirectional=True, proj_size=proj,
+                             dtype=np.float64, seed=5, **opts)
+    Hr = proj or H
     x = rng.standard_normal((T, B, I))
-    h0 = rng.standard_normal((1, B, H))
-    h0[:, 1] = np.nan
-    dy = rng.standard_normal((T, B, H))
-    lengths = np.array([3, 0])
-    _, _, tape = gatecore.forward("gru", x, p, (h0,), lengths=lengths)
-    dp = {k: v.copy() for k, v in gatecore.backward(tape, dy)[2].items()}
+    s0 = [rng.standard_normal((4, B, Hr))] + ([rng.standard_normal((4, B, H))]
+                                               if cell == "lstm" else [])
+    for a in s0:
+        a[:, 1] = np.nan
+    dy = rng.standard_normal((T, B, 2 * Hr))
+    lengths = np.array([3, 0, 2])
+    _, _, tape = gatecore.forward(cell, x, p, tuple(s0), lengths=lengths, **opts)
+    dx, _, dp = gatecore.backward(tape, dy)
+    dx, dp = dx.copy(), {k: v.copy() for k, v in dp.items()}
     assert all(np.all(np.isfinite(v)) for v in dp.values())
-    _, _, taped = gatecore.forward("gru", cuda.to_device(x), p, (cuda.to_device(h0),),
-                                   lengths=lengths)
-    dpd = gatecore.backward(taped, cuda.to_device(dy))[2]
+    _, _, taped = gatecore.forward(cell, cuda.to_device(x), p,
+                                   tuple(cuda.to_device(a) for a in s0), lengths=lengths, **opts)
+    dxd, _, dpd = gatecore.backward(taped, cuda.to_device(dy))
+    close(dxd, dx, np.float64, "dx")
     for k in dp:
         close(dpd[k], dp[k], np.float64, f"dparams[{k}]")
 

@@ -232,6 +232,9 @@ def test_a_scalar_parameter_is_a_shape_error_not_a_dtype_mix(x, p):
                x.astype(dtype), q)
         q["bias_ih_l0"] = np.float32(1)
         raises(ParameterError, r"is a scalar", gatecore.prepare, q)
+        q["bias_ih_l0"] = None  # (not a number: the dtype error, as before)
+        raises(DTypeError, r"params\['bias_ih_l0'\] must be float32 or float64", gatecore.lstm,
+               x.astype(dtype), q)
 
 
 def test_big_endian_arrays_are_read_by_value(x):

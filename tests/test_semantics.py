@@ -52,7 +52,7 @@ def test_length_zero_and_padding(cell, opts, rng):
 def test_length_zero_with_nonfinite_h0_leaves_the_gradients_alone(cell, opts, proj, dtype, path,
                                                                  bad, rng):
     """An item without a step contributes nothing to the weight gradients, whatever its
-    h0 holds (its h0 went through every slot into dW_hh = sum dA^T h_prev: 0 * NaN made
+    initial states hold (its h0 went through every slot into dW_hh = sum dA^T h_prev: 0 * NaN made
     weight_hh's gradient all NaN; found by a break-it sweep). Two layers, both directions."""
     from conftest import products_path
 
@@ -68,15 +68,19 @@ def test_length_zero_with_nonfinite_h0_leaves_the_gradients_alone(cell, opts, pr
     out = []
     for h0_empty in (0.5, bad):
         s = [a.copy() for a in s0]
-        s[0][:, 1] = h0_empty  # the empty item's h0 (every layer and direction)
+        for a in s:
+            a[:, 1] = h0_empty  # the empty item's states (every layer and direction)
         with products_path(path) if path else _nothing():
             y, sn, tape = gatecore.forward(cell, x, p, tuple(s), lengths=lengths, **opts)
             np.testing.assert_array_equal(sn[0][:, 1], s[0][:, 1])  # h_n = h0 still
             dx, d0, dp = gatecore.backward(tape, dy)
-        out.append((y.copy(), dx.copy(), {k: v.copy() for k, v in dp.items()}))
-    (y_a, dx_a, dp_a), (y_b, dx_b, dp_b) = out
+        out.append((y.copy(), dx.copy(), {k: v.copy() for k, v in dp.items()},
+                    [a.copy() for a in d0]))
+    (y_a, dx_a, dp_a, d0_a), (y_b, dx_b, dp_b, d0_b) = out
     np.testing.assert_array_equal(y_b, y_a)
     np.testing.assert_array_equal(dx_b, dx_a)
+    for a, b in zip(d0_a, d0_b):
+        np.testing.assert_array_equal(b, a)
     for k in dp_a:
         np.testing.assert_array_equal(dp_b[k], dp_a[k], err_msg=k)
 

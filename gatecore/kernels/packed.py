@@ -125,11 +125,12 @@ _FMA = _target_has_fma(_FEATURES)
 #: target's features, so a cache filled on another CPU is never used with the wrong value.
 WIDE = _FMA and "+avx512f" in _FEATURES
 #: an AVX-512 target that runs each 512-bit operation as two 256-bit halves (AMD Zen 4,
-#: LLVM's "znver4"): there the micro-kernels reach about the rate of NumPy's OpenBLAS, whose
+#: LLVM's "znver4"; LLVM before 16, in older Numbas, calls it "znver3", a name whose own CPUs
+#: have no AVX-512): there the micro-kernels reach about the rate of NumPy's OpenBLAS, whose
 #: hand-written kernels beat pgemm_tn (backward's weight gradients; see
 #: ``network.TN_WEIGHT_GRADS``), while on Zen 5, with whole 512-bit FMA units, pgemm_tn ran
 #: 1.5-2.4x faster than OpenBLAS (its docstring)
-HALF_512 = WIDE and _target_name() == "znver4"
+HALF_512 = WIDE and _target_name() in ("znver4", "znver3")
 
 _I32 = ir.IntType(32)
 #: an x86 machine: the ``pause`` spin hint and the MXCSR (fp_control) exist
