@@ -130,13 +130,18 @@ def blas_info() -> list[dict]:
     return [{k: d.get(k) for k in keep} for d in threadpool_info()]
 
 
-def gemm_rate(n: int = MATMUL_N, repeats: int = 5) -> dict:
-    """float32 GEMM rate (GFLOP/s) of NumPy's BLAS and of SciPy's BLAS (which Numba's
-    ``np.dot`` inside ``@njit`` calls), median of ``repeats`` n x n x n products."""
+def _matmul_operands(n: int):
+    """(a, b, c): two random n x n float32 matrices and room for their product."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n), dtype=np.float32)
     b = rng.standard_normal((n, n), dtype=np.float32)
-    c = np.empty((n, n), np.float32)
+    return a, b, np.empty((n, n), np.float32)
+
+
+def gemm_rate(n: int = MATMUL_N, repeats: int = 5) -> dict:
+    """float32 GEMM rate (GFLOP/s) of NumPy's BLAS and of SciPy's BLAS (which Numba's
+    ``np.dot`` inside ``@njit`` calls), median of ``repeats`` n x n x n products."""
+    a, b, c = _matmul_operands(n)
     flops = 2.0 * n ** 3
     out = {}
     np.matmul(a, b, out=c)
@@ -311,10 +316,7 @@ def run_case(cell: str, shape_name: str, repeats: int, target_s: float, use_onnx
 
 def _matmul_sample():
     """A callable multiplying two MATMUL_N x MATMUL_N float32 matrices by NumPy's BLAS."""
-    rng = np.random.default_rng(0)
-    a = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-    b = rng.standard_normal((MATMUL_N, MATMUL_N), dtype=np.float32)
-    c = np.empty((MATMUL_N, MATMUL_N), np.float32)
+    a, b, c = _matmul_operands(MATMUL_N)
     return lambda: np.matmul(a, b, out=c)
 
 

@@ -423,9 +423,9 @@ def _split_grads(dax2d, dah2d, x2d, hp2d, wih, dx2d, tmp, dparams, sfx, ones, bi
     dtype = dax2d.dtype
     I = wih.shape[1]
     # dW by our kernels, not OpenBLAS (TN_WEIGHT_GRADS)
-    wide = bool(kpacked.WIDE and TN_WEIGHT_GRADS and kpacked.usable(dtype) and M)
-    p_ih = _tn_plan(dax2d, x2d, ws, "ih") if wide else None
-    p_hh = _tn_plan(dah2d, hp2d, ws, "hh") if wide else None
+    tn = bool(kpacked.WIDE and TN_WEIGHT_GRADS and kpacked.usable(dtype) and M)
+    p_ih = _tn_plan(dax2d, x2d, ws, "ih") if tn else None
+    p_hh = _tn_plan(dah2d, hp2d, ws, "hh") if tn else None
     xps = [_tn_scratch(ws, dtype, h, max(x2d.shape[1], GH, hp2d.shape[1], G1H))
            for h in (0, 1)] if (p_ih or p_hh) else None
     tiles = _team_buffers(ws, dtype)[1] if wihp is not None else None
