@@ -12,9 +12,10 @@ Per layer k and direction d:
   one GEMM each gives ``dW_ih``, ``dW_hh`` (per stage), ``dW_hr`` and ``dX_k``.
 
 Which library multiplies is chosen per call by the size of a step's recurrent product
-(``own_products``, ``team_products``, ``external_products``): see the README's benchmark
-section; float32 steps of one-stage cells from 2^19 multiply-adds use the packed products of
-``gatecore.kernels.packed`` on two threads (``gatecore.overlap.run_team``).
+(``own_products``, ``team_products``, ``external_products``): see docs/performance.md (the
+measurements behind each threshold); float32 steps of one-stage cells from 2^19
+multiply-adds use the packed products of ``gatecore.kernels.packed`` on two threads
+(``gatecore.overlap.run_team``).
 """
 
 from __future__ import annotations
