@@ -62,8 +62,7 @@ def _check_dtype(name: str, arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
     kind = arr.dtype.kind
     if arr.dtype in (np.float32, np.float64):
         if arr.dtype != dtype:
-            hint = (" (parameters given as Python lists or floats become float64 arrays)"
-                    if dtype == np.float64 else "")
+            hint = " (Python lists and floats become float64 arrays)"
             raise DTypeError(
                 f"{name} has dtype {arr.dtype} but the parameters are {dtype}{hint}; "
                 f"convert one of them (for example {name}.astype(np.{dtype}))"
@@ -184,8 +183,10 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
     dims, dtype, layers = parse_params(spec, params)
     xa = _to_numpy("x", x)
     if xa.ndim not in (2, 3):  # (before the dtype, as for the states below)
+        got = (f"shape {_shape_str(xa.shape)}" if xa.ndim else
+               f"a 0-d value ({type(x).__name__}: {x!r:.40})")
         raise ShapeError(
-            f"x must be 3-D {_layout(3, batch_first)} or 2-D [T, input_size], got shape {_shape_str(xa.shape)}"
+            f"x must be 3-D {_layout(3, batch_first)} or 2-D [T, input_size], got {got}"
         )
     xa = _check_dtype("x", xa, dtype)
     unbatched = xa.ndim == 2
@@ -571,7 +572,8 @@ def init_params(cell, input_size: int, hidden_size: int, num_layers: int = 1,
     input_size, hidden_size, num_layers, proj_size : int
     bidirectional : bool
     dtype : float32 or float64
-    seed : int or numpy.random.Generator seed, optional
+    seed : int >= 0, numpy.random.Generator, BitGenerator or SeedSequence, optional
+        Seed of the draws (a Generator advances); None: fresh entropy.
 
     Returns
     -------
@@ -581,7 +583,8 @@ def init_params(cell, input_size: int, hidden_size: int, num_layers: int = 1,
     Raises
     ------
     ValueError
-        Non-positive sizes, ``proj_size >= hidden_size``, projection for a cell without it.
+        Non-positive sizes, ``proj_size >= hidden_size``, projection for a cell without it,
+        a negative or non-integer ``seed``.
     TypeError
         Unsupported dtype.
     """

@@ -55,7 +55,7 @@ from .api import backward, forward, init_params
 from .workspace import Workspace
 
 __all__ = [
-    "DataError", "Series", "TrainConfig", "Split", "TrainResult", "Forecaster",
+    "DataError", "Series", "TrainConfig", "Split", "TrainResult", "Forecaster", "fmt_value",
     "read_series", "split_targets", "fit", "baselines", "rmse", "mae", "future_labels",
     "write_csv", "plot_forecast", "matplotlib_available", "report_error", "blas_single_thread",
     "config_meta", "first_target", "BUNDLED_FILE", "BUNDLED_COLUMN",
@@ -293,6 +293,9 @@ class TrainConfig:
             v = getattr(self, name)
             if not 0 < v < 1:
                 raise DataError(f"--{name.replace('_', '-')} must lie strictly between 0 and 1, got {v!r}")
+        if (not isinstance(self.seed, (int, np.integer)) or isinstance(self.seed, bool)
+                or self.seed < 0):
+            raise DataError(f"--seed must be an integer >= 0, got {self.seed!r}")
         if self.val_frac + self.test_frac >= 0.9:
             raise DataError("--val-frac + --test-frac must stay below 0.9, got "
                             f"{self.val_frac + self.test_frac:g}")
@@ -426,12 +429,13 @@ class Forecaster:
 
     def forecast_ahead(self, values: np.ndarray, steps: int) -> np.ndarray:
         """Iterated forecasts of the ``steps`` values after the end of ``values`` [steps]."""
-        ext = np.asarray(values, dtype=np.float64).copy()
-        out = np.empty(steps)
+        values = np.asarray(values, dtype=np.float64)
+        n = values.size
+        ext = np.empty(n + steps)  # (filled as it goes: each forecast reads only the past)
+        ext[:n] = values
         for k in range(steps):
-            out[k] = self.predict(ext, np.array([ext.size]))[0]
-            ext = np.append(ext, out[k])
-        return out
+            ext[n + k] = self.predict(ext[:n + k], np.array([n + k]))[0]
+        return ext[n:].copy()
 
     # ----------------------------------------------------------------- files
     def save(self, path: str | Path, meta: dict | None = None, history: dict | None = None) -> None:
@@ -543,6 +547,14 @@ class TrainResult:
     seconds: float = 0.0
 
 
+def fmt_value(v: float, sign: bool = False) -> str:
+    """``v`` with three decimals, or with four significant digits in exponent form from
+    1e7 on (the command-line tables stay readable for series in large units); ``sign``:
+    always with its sign."""
+    plus = "+" if sign else ""
+    return f"{v:{plus}.3f}" if abs(v) < 1e7 or not math.isfinite(v) else f"{v:{plus}.4g}"
+
+
 def rmse(actual: np.ndarray, pred: np.ndarray) -> float:
     """Root mean squared error."""
     return float(np.sqrt(np.mean((np.asarray(actual) - np.asarray(pred)) ** 2)))
@@ -585,6 +597,12 @@ def fit(series: Series, cfg: TrainConfig, progress: bool = True) -> TrainResult:
     cfg.validate()
     values = series.values
     split = split_targets(values.size, cfg.window, cfg.season, cfg.val_frac, cfg.test_frac)
+    with np.errstate(over="ignore"):
+        big = float(np.max(np.abs(np.diff(values)), initial=0.0))
+    if not math.isfinite(big * big):  # (the loss, the scaling and the metrics square them)
+        raise DataError(f"the series changes by up to {big:.3g} from one value to the next; "
+                        "its squares overflow float64: rescale the column (for example to "
+                        "other units)")
     d_train = np.diff(values[:split.train[-1] + 1])       # changes up to the last training target
     mean = float(d_train.mean())
     std = float(d_train.std()) or 1.0

@@ -277,6 +277,12 @@ def init_params_for_spec(spec: CellSpec, input_size: int, hidden_size: int, num_
         raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise DTypeError(f"dtype must be float32 or float64, got {dtype}")
+    if not (seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence,
+                                              np.random.BitGenerator))
+            or (isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_))
+                and seed >= 0)):
+        raise ValueError("seed must be None, a non-negative int, or a numpy.random Generator, "
+                         f"BitGenerator or SeedSequence, got {seed!r}")
     rng = np.random.default_rng(seed)
     bound = 1.0 / math.sqrt(hidden_size)
     D = 2 if bidirectional else 1

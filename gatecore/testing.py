@@ -456,7 +456,8 @@ def _check_workspace(c: _Cell) -> str:
         pass
     else:
         raise _Fail("backward accepted a tape whose workspace was reused (expected StaleTapeError)")
-    return "reused workspace (6x4, 3x2, 6x4) == fresh buffers, inference == training, stale tape refused"
+    return ("reused workspace (6x4, 3x2, 6x4) == fresh buffers, inference == training "
+            "(float64, to 1e-12), stale tape refused")
 
 
 _CHECKS: list[tuple[str, Callable[[_Cell], str]]] = [
@@ -483,7 +484,7 @@ def check_cell(name, *, raise_on_failure: bool = False, verbose: bool = False, s
         check fails, for use in a plugin's own tests.
     verbose : bool
         Print each check's line as it finishes (the command line does this).
-    seed : int
+    seed : int >= 0
         Seed of the random parameters and inputs.
     **cell_options
         Options of the cell, for example ``reset_after=False`` for ``"gru"``.
@@ -498,6 +499,8 @@ def check_cell(name, *, raise_on_failure: bool = False, verbose: bool = False, s
     ------
     UnknownCellError (ValueError)
         ``name`` is not registered (the message lists the registered cells).
+    ValueError
+        ``seed`` is not an integer >= 0.
     TypeError
         An option the cell does not accept.
     CellCheckError (AssertionError)
@@ -514,6 +517,8 @@ def check_cell(name, *, raise_on_failure: bool = False, verbose: bool = False, s
     >>> check_cell("lstm").passed                              # doctest: +SKIP
     True
     """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     registry = get_registry()
     spec = registry.get(name)
     entry = registry.cells().get(spec.name)

@@ -142,7 +142,7 @@ def _onnx_attributes(cell, layout, attributes, D):
             if value not in (0, False, None):
                 raise ValueError("the ONNX attribute input_forget=1 (coupled input and forget "
                                  "gates) is not supported by gatecore's LSTM; a CIFG cell is "
-                                 "a plugin (see README, 'Your own cell')")
+                                 "a plugin (see README, 'Writing a cell plugin')")
         elif name == "activations":
             if isinstance(value, (str, bytes)):
                 value = [value]

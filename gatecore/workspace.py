@@ -142,7 +142,8 @@ class Workspace:
         max(B, max_batch))`` and reallocated only when a call needs more room or another dtype.
         Views are memoized per name and (shape, dtype) until the buffer is reallocated; on the
         CPU every call returns a new array object (a caller changing its ``shape`` affects only
-        it), on CUDA the memoized device array itself.
+        it), on CUDA the memoized device array itself. A buffer that cannot be allocated
+        raises MemoryError naming it, its size and the workspace's sizes.
         """
         T, B = self._shape
         key = (shape_of(T, B), dtype)
@@ -154,7 +155,16 @@ class Workspace:
             buf = self._buffers.get(name)
             if buf is None or buf.dtype != dtype or buf.size < n:
                 cap = math.prod(shape_of(max(T, self.max_seq_len), max(B, self.max_batch)))
-                buf = self._empty(max(cap, n, 1), dtype)
+                try:
+                    buf = self._empty(max(cap, n, 1), dtype)
+                except (MemoryError, ValueError, OverflowError) as exc:
+                    raise MemoryError(
+                        f"workspace buffer {name!r} needs {max(cap, n, 1)} {np.dtype(dtype)} "
+                        f"elements ({max(cap, n, 1) * np.dtype(dtype).itemsize / 2**30:.3g} GiB) "
+                        f"for T={T}, B={B} with max_seq_len={self.max_seq_len}, "
+                        f"max_batch={self.max_batch}, which cannot be allocated "
+                        f"({type(exc).__name__}: {exc}); give the Workspace smaller "
+                        "max_seq_len/max_batch, or a smaller call") from None
                 self._buffers[name] = buf
                 self._fixed.clear()  # (may hold views of the old buffer)
                 memo = None  # views of the old buffer must not keep it alive

@@ -73,8 +73,11 @@ def test_state_shapes_and_dtypes(p, x):
 
 def test_params_as_lists_are_float64_and_the_error_says_so(p, x):
     lists = {k: v.tolist() for k, v in p.items()}
-    raises(DTypeError, r"x has dtype float32 but the parameters are float64 \(parameters given "
-           r"as Python lists", gatecore.lstm, x, lists)
+    raises(DTypeError, r"x has dtype float32 but the parameters are float64 \(Python lists "
+           r"and floats become float64", gatecore.lstm, x, lists)
+    # and the other way round: a list x with float32 parameters (the hint was missing)
+    raises(DTypeError, r"x has dtype float64 but the parameters are float32 \(Python lists "
+           r"and floats become float64", gatecore.lstm, x.tolist(), p)
     y, _ = gatecore.lstm(x.astype(np.float64), lists)  # float64 throughout: fine
     np.testing.assert_allclose(y, gatecore.lstm(x, p)[0], atol=1e-6)
 
@@ -254,3 +257,34 @@ def test_non_finite_params_propagate_without_warnings(B):
         warnings.simplefilter("error")
         y, (h, c) = gatecore.lstm(np.ones((3, B, 8), np.float32), p)
     assert np.isnan(y).any()
+
+
+@pytest.mark.parametrize("seed", ["a", -1, 1.5, np.float64(2.0), True, [1, 2]])
+def test_init_params_bad_seed_names_seed(seed):
+    """NumPy's own errors (SeedSequence, negative entropy) named no argument."""
+    with pytest.raises(ValueError, match=r"seed must be None, a non-negative int"):
+        gatecore.init_params("lstm", 3, 4, seed=seed)
+
+
+def test_init_params_seed_kinds():
+    a = gatecore.init_params("lstm", 3, 4, seed=5)
+    b = gatecore.init_params("lstm", 3, 4, seed=np.int64(5))
+    c = gatecore.init_params("lstm", 3, 4, seed=np.random.default_rng(5))
+    assert all(np.array_equal(a[k], b[k]) and np.array_equal(a[k], c[k]) for k in a)
+
+
+def test_x_none_names_the_value():
+    p = gatecore.init_params("lstm", 3, 4, seed=0)
+    with pytest.raises(ShapeError, match=r"got a 0-d value \(NoneType: None\)"):
+        gatecore.lstm(None, p)
+
+
+def test_workspace_too_large_names_the_buffer_and_sizes():
+    """Workspace(10**15, 10**15) was accepted and the first call died with NumPy's bare
+    MemoryError ("Unable to allocate 17.8 PiB")."""
+    p = gatecore.init_params("lstm", 2, 5, seed=0)
+    ws = gatecore.Workspace(10 ** 15, 10 ** 15)
+    with pytest.raises(MemoryError, match=r"workspace buffer '\w+' needs .* max_seq_len=10{15}"):
+        gatecore.lstm(np.zeros((4, 3, 2), np.float32), p, workspace=ws)
+    y, _ = gatecore.lstm(np.zeros((4, 3, 2), np.float32), p, workspace=gatecore.Workspace())
+    assert y.shape == (4, 3, 5)

@@ -156,6 +156,13 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "empty file": (["train", "--csv", write("empty.csv", "")], "empty"),
         "unknown cell": (["train", "--cell", "nope"], "unknown cell"),
         "bad option": (["train", "--window", "0"], "--window"),
+        "negative seed": (["train", "--seed", "-5"], "--seed must be an integer >= 0"),
+        "values whose changes overflow when squared": (
+            ["train", "--csv", write("huge.csv", "v\n" + "".join(f"{1e300 * (i % 3)}\n"
+                                                              for i in range(80)))],
+            "overflow"),
+        "too many steps": (["predict", "--model", str(tmp_path / "m.npz"), "--steps", "10001"],
+                           "--steps must be at most 10000"),
         "missing model": (["predict", "--model", str(tmp_path / "m.npz")], "model file not found"),
         "not a model": (["predict", "--model", write("m.csv", good)], "not an .npz model"),
     }
@@ -163,7 +170,8 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 BAD_CASES = ["missing file", "missing column", "several columns, none chosen", "non-numeric",
              "NaN", "empty value", "too short for the window", "empty file", "unknown cell",
-             "bad option", "missing model", "not a model"]
+             "bad option", "negative seed", "values whose changes overflow when squared",
+             "too many steps", "missing model", "not a model"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -212,3 +220,25 @@ def test_demo_and_train_bad_options_are_one_line_errors(capsys):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and text in err, (argv, err)
+
+
+def test_check_negative_seed_is_a_one_line_error(capsys):
+    """gatecore check --seed -1 reported the LSTM as failing its checks (NumPy refused the
+    seed inside them)."""
+    assert main(["check", "lstm", "--seed", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "seed must be an integer >= 0" in err, err
+
+
+def test_large_values_keep_the_tables_readable(tmp_path, capsys):
+    """Values around 1e150 (squares still finite) train; the tables print them in exponent
+    form in columns wide enough, not as 150-digit fixed-point numbers."""
+    from gatecore.forecast import fmt_value
+    assert fmt_value(1.5) == "1.500" and fmt_value(-2.25, sign=True) == "-2.250"
+    assert fmt_value(1.44e150) == "1.44e+150" and fmt_value(3e7, sign=True) == "+3e+07"
+    path = tmp_path / "big.csv"
+    path.write_text("v\n" + "".join(f"{1e150 * (i % 3)}\n" for i in range(80)))
+    assert main(["train", "--csv", str(path), *SMALL, "--epochs", "1"]) == 0
+    out = capsys.readouterr().out
+    rows = [ln for ln in out.splitlines() if ln.startswith("  model (")]
+    assert rows and "e+150" in rows[0] and max(len(t) for t in rows[0].split()) < 12, out

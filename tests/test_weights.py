@@ -304,3 +304,15 @@ def test_peephole_to_onnx_refuses_projection_and_names_missing_keys():
             ("weight_hh_l0", np.ones((16, 3), np.float32), ShapeError, "weight_hh_l0")]:
         with pytest.raises(err, match=match):
             gp.to_onnx({**good, key: bad})
+
+
+def test_onnx_input_forget_message_names_a_readme_section():
+    """The message pointed to a README section "Your own cell" that does not exist."""
+    import pathlib
+    import re
+    with pytest.raises(ValueError, match="input_forget") as info:
+        weights.from_onnx("LSTM", np.zeros((1, 12, 2), np.float32), np.zeros((1, 12, 3), np.float32),
+                          input_forget=1)
+    section = re.search(r"README, '([^']+)'", str(info.value)).group(1)
+    readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
+    assert re.search(rf"^#+ {re.escape(section)}$", readme, re.M), section

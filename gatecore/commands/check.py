@@ -20,7 +20,8 @@ def add_parser(sub) -> None:
     p.add_argument("name", help="registered cell name (see `gatecore cells`)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
                    help="cell option, for example -o reset_after=false (repeatable)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the random inputs, an integer >= 0 (default 0)")
     p.set_defaults(func=run)
 
 
@@ -49,7 +50,7 @@ def run(args) -> int:
         return 2
     try:
         report = check_cell(args.name, verbose=True, seed=args.seed, **options)
-    except (UnknownCellError, TypeError) as exc:
+    except (UnknownCellError, TypeError, ValueError) as exc:  # (ValueError: --seed)
         print(f"gatecore check: {exc}", file=sys.stderr)
         return 2
     return 0 if report.passed else 1

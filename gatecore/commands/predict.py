@@ -17,6 +17,10 @@ Load a model saved by `gatecore train --save` and forecast: one step ahead for e
 the series (default: the series the model was trained on), and the next --steps values after
 its end (iterated one-step forecasts)."""
 
+#: most values ``--steps`` forecasts past the end of the series (one forward call each: a few
+#: seconds; iterated one-step forecasts that far ahead mean little)
+MAX_STEPS = 10000
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="forecast with a model saved by `gatecore train --save`",
@@ -26,7 +30,8 @@ def add_parser(sub) -> None:
                    help="CSV file to forecast (default: the data the model was trained on)")
     p.add_argument("--column", metavar="NAME", help="column of --csv (default: the training column)")
     p.add_argument("--steps", type=int, default=12,
-                   help="values to forecast after the end of the series (default: 12)")
+                   help="values to forecast after the end of the series, at most "
+                        f"{MAX_STEPS} (default: 12)")
     p.add_argument("--last", type=int, default=12,
                    help="one-step-ahead forecasts to print, from the end (default: 12)")
     p.add_argument("--output", metavar="PATH.csv", help="write every forecast as CSV")
@@ -53,6 +58,8 @@ def _run(args) -> int:
     for name in ("steps", "last"):
         if getattr(args, name) < 0:
             raise F.DataError(f"--{name} must be >= 0, got {getattr(args, name)}")
+    if args.steps > MAX_STEPS:  # (iterated forecasts drift far from anything seen)
+        raise F.DataError(f"--steps must be at most {MAX_STEPS}, got {args.steps}")
     check_output_paths(args.output, args.plot)
     plot = args.plot
     if plot and not F.matplotlib_available():
@@ -91,20 +98,20 @@ def _run(args) -> int:
     print(f"data: {series.description}: {values.size} values")
     if targets.size:
         print(f"one step ahead over {targets.size} windows ({labels[t0]}..{labels[-1]}): "
-              f"RMSE {F.rmse(actual, one_step):.3f}, MAE {F.mae(actual, one_step):.3f}"
+              f"RMSE {F.fmt_value(F.rmse(actual, one_step))}, MAE {F.fmt_value(F.mae(actual, one_step))}"
               + (f" ({series.unit})" if series.unit else ""))
     width = max([len(x) for x in labels[-max(args.last, 1):] + future] + [5])
     if args.last and targets.size:
         print()
         print(f"{'label':<{width}}  {'actual':>12}  {'forecast':>12}  {'error':>9}")
         for i in range(max(0, targets.size - args.last), targets.size):
-            print(f"{labels[targets[i]]:<{width}}  {actual[i]:>12.3f}  {one_step[i]:>12.3f}  "
-                  f"{one_step[i] - actual[i]:>+9.3f}")
+            print(f"{labels[targets[i]]:<{width}}  {F.fmt_value(actual[i]):>12}  "
+                  f"{F.fmt_value(one_step[i]):>12}  {F.fmt_value(one_step[i] - actual[i], sign=True):>9}")
     if args.steps:
         print()
         print(f"next {args.steps} value(s) after {labels[-1]} (iterated one-step forecasts):")
         for lab, v in zip(future, ahead):
-            print(f"{lab:<{width}}  {'':>12}  {v:>12.3f}")
+            print(f"{lab:<{width}}  {'':>12}  {F.fmt_value(v):>12}")
     if args.output:
         F.write_csv(args.output, {
             "label": [labels[t] for t in targets] + future,

@@ -40,7 +40,8 @@ def add_parser(sub) -> None:
     m.add_argument("--clip", type=float, default=1.0, help="gradient norm clip, 0 for none (default: 1)")
     m.add_argument("--val-frac", type=float, default=0.15, help="validation fraction (default: 0.15)")
     m.add_argument("--test-frac", type=float, default=0.15, help="test fraction (default: 0.15)")
-    m.add_argument("--seed", type=int, default=0, help="initial parameters and batch order (default: 0)")
+    m.add_argument("--seed", type=int, default=0,
+                   help="initial parameters and batch order, an integer >= 0 (default: 0)")
     o = p.add_argument_group("output")
     o.add_argument("--save", metavar="MODEL.npz", help="save the trained model (np.load-able, no pickles)")
     o.add_argument("--output", metavar="PATH.csv", help="write the test forecasts and baselines as CSV")
@@ -127,6 +128,8 @@ def _run(args) -> int:
 
 def print_summary(series, result, seconds: float, written=()) -> None:
     """The table printed at the end of ``gatecore train``."""
+    from ..forecast import fmt_value
+
     cfg, split, m = result.config, result.split, result.metrics
     lab = series.labels
     unit = f" ({series.unit})" if series.unit else ""
@@ -149,9 +152,11 @@ def print_summary(series, result, seconds: float, written=()) -> None:
             ("persistence (lag 1)", m["persistence"])]
     head = "test, one step ahead" + unit
     w = max(max(len(r[0]) for r in rows), len(head) - 2)
-    print(f"{head:<{w + 2}}{'RMSE':>9}{'MAE':>9}")
-    for name, v in rows:
-        print(f"  {name:<{w}}{v['rmse']:>9.3f}{v['mae']:>9.3f}")
+    cells = [(name, fmt_value(v["rmse"]), fmt_value(v["mae"])) for name, v in rows]
+    cw = max(9, 2 + max(max(len(a), len(b)) for _, a, b in cells))
+    print(f"{head:<{w + 2}}{'RMSE':>{cw}}{'MAE':>{cw}}")
+    for name, a, b in cells:
+        print(f"  {name:<{w}}{a:>{cw}}{b:>{cw}}")
     best_base = min(m["seasonal_naive"]["rmse"], m["persistence"]["rmse"])
     beaten = [n for n, v in rows[1:]
               if m["model"]["rmse"] < v["rmse"] and m["model"]["mae"] < v["mae"]]
