@@ -24,7 +24,7 @@ import numpy as np
 
 from .errors import DTypeError, ShapeError
 from .network import Tape, run_backward, run_forward
-from .params import Dims, PreparedParams, init_params_for_spec, parse_params
+from .params import Dims, PreparedParams, _short_repr, init_params_for_spec, parse_params
 from .registry.manager import get_registry
 from .workspace import Workspace
 
@@ -184,7 +184,7 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
     xa = _to_numpy("x", x)
     if xa.ndim not in (2, 3):  # (before the dtype, as for the states below)
         got = (f"shape {_shape_str(xa.shape)}" if xa.ndim else
-               f"a 0-d value ({type(x).__name__}: {x!r:.40})")
+               f"a 0-d value ({type(x).__name__}: {_short_repr(x, 40)})")
         raise ShapeError(
             f"x must be 3-D {_layout(3, batch_first)} or 2-D [T, input_size], got {got}"
         )
@@ -572,8 +572,9 @@ def init_params(cell, input_size: int, hidden_size: int, num_layers: int = 1,
     input_size, hidden_size, num_layers, proj_size : int
     bidirectional : bool
     dtype : float32 or float64
-    seed : int >= 0, numpy.random.Generator, BitGenerator or SeedSequence, optional
-        Seed of the draws (a Generator advances); None: fresh entropy.
+    seed : int >= 0 (or a sequence of them), numpy.random Generator, BitGenerator or SeedSequence, optional
+        Seed of the draws, as ``numpy.random.default_rng`` takes it (a Generator advances);
+        None: fresh entropy.
 
     Returns
     -------
@@ -584,7 +585,7 @@ def init_params(cell, input_size: int, hidden_size: int, num_layers: int = 1,
     ------
     ValueError
         Non-positive sizes, ``proj_size >= hidden_size``, projection for a cell without it,
-        a negative or non-integer ``seed``.
+        a ``seed`` NumPy does not take (a negative int, a float, a string).
     TypeError
         Unsupported dtype.
     """

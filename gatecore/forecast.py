@@ -55,7 +55,7 @@ from .api import backward, forward, init_params
 from .workspace import Workspace
 
 __all__ = [
-    "DataError", "Series", "TrainConfig", "Split", "TrainResult", "Forecaster", "fmt_value",
+    "DataError", "Series", "TrainConfig", "Split", "TrainResult", "Forecaster", "fmt_value", "check_scale",
     "read_series", "split_targets", "fit", "baselines", "rmse", "mae", "future_labels",
     "write_csv", "plot_forecast", "matplotlib_available", "report_error", "blas_single_thread",
     "config_meta", "first_target", "BUNDLED_FILE", "BUNDLED_COLUMN",
@@ -428,7 +428,10 @@ class Forecaster:
         return values[targets - 1] + self.mean + self.std * self._scaled(x)
 
     def forecast_ahead(self, values: np.ndarray, steps: int) -> np.ndarray:
-        """Iterated forecasts of the ``steps`` values after the end of ``values`` [steps]."""
+        """Iterated forecasts of the ``steps`` values after the end of ``values`` [steps]
+        (ValueError unless ``steps`` is an int >= 0)."""
+        if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
+            raise ValueError(f"steps must be an int >= 0, got {steps!r}")
         values = np.asarray(values, dtype=np.float64)
         n = values.size
         ext = np.empty(n + steps)  # (filled as it goes: each forecast reads only the past)
@@ -548,11 +551,28 @@ class TrainResult:
 
 
 def fmt_value(v: float, sign: bool = False) -> str:
-    """``v`` with three decimals, or with four significant digits in exponent form from
-    1e7 on (the command-line tables stay readable for series in large units); ``sign``:
-    always with its sign."""
+    """``v`` with three decimals, or in exponent form with five significant digits from 1e9
+    on (the command-line tables stay readable for series in large units); ``sign``: always
+    with its sign."""
     plus = "+" if sign else ""
-    return f"{v:{plus}.3f}" if abs(v) < 1e7 or not math.isfinite(v) else f"{v:{plus}.4g}"
+    return f"{v:{plus}.3f}" if abs(v) < 1e9 or not math.isfinite(v) else f"{v:{plus}.4e}"
+
+
+def check_scale(values: np.ndarray, season: int = 1) -> None:
+    """Raise :class:`DataError` when a series is too large for float64 arithmetic on it:
+    a non-finite value, or changes so large that the sums of squared errors of the model and
+    the baselines (persistence, seasonal naive over ``season`` steps) can overflow."""
+    values = np.asarray(values, dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        raise DataError("the series has infinite or NaN values; fill or drop them first")
+    with np.errstate(over="ignore"):
+        big = float(np.max(np.abs(np.diff(values)), initial=0.0))
+        bound = big * max(int(season), 1)  # (a seasonal-naive error, at most)
+        ok = math.isfinite(bound * bound * max(values.size, 1) * 4.0)
+    if not ok:
+        raise DataError(f"the series changes by up to {big:.4g} from one value to the next, "
+                        "too much for float64 sums of squared errors: rescale the column "
+                        "(for example to other units)")
 
 
 def rmse(actual: np.ndarray, pred: np.ndarray) -> float:
@@ -597,12 +617,7 @@ def fit(series: Series, cfg: TrainConfig, progress: bool = True) -> TrainResult:
     cfg.validate()
     values = series.values
     split = split_targets(values.size, cfg.window, cfg.season, cfg.val_frac, cfg.test_frac)
-    with np.errstate(over="ignore"):
-        big = float(np.max(np.abs(np.diff(values)), initial=0.0))
-    if not math.isfinite(big * big):  # (the loss, the scaling and the metrics square them)
-        raise DataError(f"the series changes by up to {big:.3g} from one value to the next; "
-                        "its squares overflow float64: rescale the column (for example to "
-                        "other units)")
+    check_scale(values, cfg.season)
     d_train = np.diff(values[:split.train[-1] + 1])       # changes up to the last training target
     mean = float(d_train.mean())
     std = float(d_train.std()) or 1.0

@@ -258,6 +258,29 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
     return dims, np.dtype(dtype), layers
 
 
+def generator(seed, name: str = "seed") -> np.random.Generator:
+    """``numpy.random.default_rng(seed)``: None (fresh entropy), an int >= 0 or a sequence of
+    them, a SeedSequence, a BitGenerator or a Generator (returned as is: it advances).
+
+    Raises
+    ------
+    ValueError
+        Anything NumPy does not take as a seed (a negative int, a float, a string), named
+        ``name``; NumPy's own messages name no argument.
+    """
+    try:
+        return np.random.default_rng(seed)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{name} must be None, an int >= 0 (or a sequence of them), or a "
+                         "numpy.random Generator, BitGenerator or SeedSequence, got "
+                         f"{_short_repr(seed)} ({exc})") from None
+
+
+def _short_repr(value, n: int = 60) -> str:
+    r = repr(value)
+    return r if len(r) <= n else r[:n - 3] + "..."
+
+
 def init_params_for_spec(spec: CellSpec, input_size: int, hidden_size: int, num_layers: int,
                          bidirectional: bool, proj_size: int, dtype, seed) -> dict[str, np.ndarray]:
     """PyTorch's default initialisation: every entry uniform in [-1/sqrt(H), 1/sqrt(H)]."""
@@ -277,13 +300,7 @@ def init_params_for_spec(spec: CellSpec, input_size: int, hidden_size: int, num_
         raise DTypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
     if dtype not in (np.float32, np.float64):
         raise DTypeError(f"dtype must be float32 or float64, got {dtype}")
-    if not (seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence,
-                                              np.random.BitGenerator))
-            or (isinstance(seed, (int, np.integer)) and not isinstance(seed, (bool, np.bool_))
-                and seed >= 0)):
-        raise ValueError("seed must be None, a non-negative int, or a numpy.random Generator, "
-                         f"BitGenerator or SeedSequence, got {seed!r}")
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     bound = 1.0 / math.sqrt(hidden_size)
     D = 2 if bidirectional else 1
     G, H, Hr = spec.num_gates, hidden_size, proj_size or hidden_size

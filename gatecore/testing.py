@@ -59,6 +59,7 @@ import numpy as np
 from .api import backward, forward, init_params
 from .cells.spec import CellSpec
 from .errors import GatecoreError, StaleTapeError
+from .params import generator
 from .registry.manager import get_registry
 from .workspace import Workspace
 
@@ -157,7 +158,7 @@ class _Cell:
         self.spec = spec  # the registered (or given) spec; forward applies the options
         self.options = options
         self.concrete = spec.with_options(**options)
-        self.rng = np.random.default_rng(seed)
+        self.rng = generator(seed)
         self.seed = seed
 
     # sizes of a network: (I, H, L, D, P)
@@ -484,7 +485,7 @@ def check_cell(name, *, raise_on_failure: bool = False, verbose: bool = False, s
         check fails, for use in a plugin's own tests.
     verbose : bool
         Print each check's line as it finishes (the command line does this).
-    seed : int >= 0
+    seed : int >= 0, or anything else ``numpy.random.default_rng`` takes
         Seed of the random parameters and inputs.
     **cell_options
         Options of the cell, for example ``reset_after=False`` for ``"gru"``.
@@ -500,7 +501,7 @@ def check_cell(name, *, raise_on_failure: bool = False, verbose: bool = False, s
     UnknownCellError (ValueError)
         ``name`` is not registered (the message lists the registered cells).
     ValueError
-        ``seed`` is not an integer >= 0.
+        ``seed`` is not a seed (a negative int, a float, a string).
     TypeError
         An option the cell does not accept.
     CellCheckError (AssertionError)
@@ -517,8 +518,7 @@ def check_cell(name, *, raise_on_failure: bool = False, verbose: bool = False, s
     >>> check_cell("lstm").passed                              # doctest: +SKIP
     True
     """
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    generator(seed)  # (ValueError naming seed, before any check runs)
     registry = get_registry()
     spec = registry.get(name)
     entry = registry.cells().get(spec.name)

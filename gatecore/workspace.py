@@ -142,7 +142,7 @@ class Workspace:
         max(B, max_batch))`` and reallocated only when a call needs more room or another dtype.
         Views are memoized per name and (shape, dtype) until the buffer is reallocated; on the
         CPU every call returns a new array object (a caller changing its ``shape`` affects only
-        it), on CUDA the memoized device array itself. A buffer that cannot be allocated
+        it), on CUDA the memoized device array itself. A host buffer that cannot be allocated
         raises MemoryError naming it, its size and the workspace's sizes.
         """
         T, B = self._shape
@@ -158,13 +158,15 @@ class Workspace:
                 try:
                     buf = self._empty(max(cap, n, 1), dtype)
                 except (MemoryError, ValueError, OverflowError) as exc:
+                    sized = cap > n  # (for max_seq_len/max_batch rather than this call)
                     raise MemoryError(
                         f"workspace buffer {name!r} needs {max(cap, n, 1)} {np.dtype(dtype)} "
                         f"elements ({max(cap, n, 1) * np.dtype(dtype).itemsize / 2**30:.3g} GiB) "
                         f"for T={T}, B={B} with max_seq_len={self.max_seq_len}, "
                         f"max_batch={self.max_batch}, which cannot be allocated "
-                        f"({type(exc).__name__}: {exc}); give the Workspace smaller "
-                        "max_seq_len/max_batch, or a smaller call") from None
+                        f"({type(exc).__name__}: {exc}); "
+                        + ("give the Workspace smaller max_seq_len/max_batch" if sized
+                           else "make the call smaller (T, B or the sizes)")) from None
                 self._buffers[name] = buf
                 self._fixed.clear()  # (may hold views of the old buffer)
                 memo = None  # views of the old buffer must not keep it alive

@@ -160,7 +160,7 @@ def _bad_files(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "values whose changes overflow when squared": (
             ["train", "--csv", write("huge.csv", "v\n" + "".join(f"{1e300 * (i % 3)}\n"
                                                               for i in range(80)))],
-            "overflow"),
+            "too much for float64"),
         "too many steps": (["predict", "--model", str(tmp_path / "m.npz"), "--steps", "10001"],
                            "--steps must be at most 10000"),
         "missing model": (["predict", "--model", str(tmp_path / "m.npz")], "model file not found"),
@@ -216,7 +216,8 @@ def test_demo_and_train_bad_options_are_one_line_errors(capsys):
                        (["demo", "--seq-len", "0"], "--seq-len must be a positive integer"),
                        (["demo", "--batch", "-1"], "--batch must be a positive integer"),
                        (["demo", "--hidden-size", "0"], "--hidden-size must be"),
-                       (["train", "--layers", "0"], "--layers must be a positive integer")):
+                       (["train", "--layers", "0"], "--layers must be a positive integer"),
+                       (["demo", "--seed", "-1"], "--seed must be an integer >= 0")):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and text in err, (argv, err)
@@ -231,14 +232,46 @@ def test_check_negative_seed_is_a_one_line_error(capsys):
 
 
 def test_large_values_keep_the_tables_readable(tmp_path, capsys):
-    """Values around 1e150 (squares still finite) train; the tables print them in exponent
-    form in columns wide enough, not as 150-digit fixed-point numbers."""
+    """Values around 1e150 (squares still finite) train and predict; the tables print them
+    in exponent form in columns as wide as their values, not as 150-digit fixed-point
+    numbers; values whose squared errors can overflow are refused by predict too."""
     from gatecore.forecast import fmt_value
     assert fmt_value(1.5) == "1.500" and fmt_value(-2.25, sign=True) == "-2.250"
-    assert fmt_value(1.44e150) == "1.44e+150" and fmt_value(3e7, sign=True) == "+3e+07"
+    assert fmt_value(12345678.0) == "12345678.000"
+    assert fmt_value(1.44e150) == "1.4400e+150" and fmt_value(3e9, sign=True) == "+3.0000e+09"
     path = tmp_path / "big.csv"
     path.write_text("v\n" + "".join(f"{1e150 * (i % 3)}\n" for i in range(80)))
-    assert main(["train", "--csv", str(path), *SMALL, "--epochs", "1"]) == 0
-    out = capsys.readouterr().out
-    rows = [ln for ln in out.splitlines() if ln.startswith("  model (")]
-    assert rows and "e+150" in rows[0] and max(len(t) for t in rows[0].split()) < 12, out
+    model = tmp_path / "m.npz"
+    assert main(["train", "--csv", str(path), *SMALL, "--epochs", "1", "--save", str(model)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    head = next(ln for ln in out if ln.startswith("test, one step ahead"))
+    rows = [ln for ln in out if ln.startswith(("  model (", "  seasonal", "  persistence"))]
+    assert len(rows) == 3 and "e+150" in rows[0], out
+    assert all(len(r) == len(head) for r in rows), out  # (right-aligned under RMSE, MAE)
+    assert all(len(t) < 13 for r in rows for t in r.split()), out
+    assert main(["predict", "--model", str(model), "--steps", "2", "--last", "3"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    i = next(k for k, ln in enumerate(out) if ln.startswith("label"))
+    assert all(len(ln) == len(out[i]) for ln in out[i + 1:i + 4]), out
+    huge = tmp_path / "huge.csv"
+    huge.write_text("v\n" + "".join(f"{1.2e154 * (i % 2)}\n" for i in range(80)))
+    assert main(["predict", "--model", str(model), "--csv", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "too much for float64" in err, err
+
+
+def test_forecast_ahead_is_the_iterated_one_step_forecast():
+    """forecast_ahead fills a preallocated array now; its values are the loop it replaced
+    (append each forecast, predict the next from the longer series)."""
+    from gatecore import forecast as F
+    cfg = F.TrainConfig(hidden_size=4, window=6, season=3, epochs=1)
+    model = F.Forecaster.initial(cfg, 0.1, 2.0)
+    values = np.sin(np.arange(30) / 3.0) * 5
+    ext, want = values.copy(), []
+    for _ in range(7):
+        want.append(model.predict(ext, np.array([ext.size]))[0])
+        ext = np.append(ext, want[-1])
+    assert np.array_equal(model.forecast_ahead(values, 7), np.array(want))
+    assert model.forecast_ahead(values, 0).shape == (0,)
+    with pytest.raises(ValueError, match="steps must be an int >= 0"):
+        model.forecast_ahead(values, -1)

@@ -48,9 +48,12 @@ def run(args) -> int:
     except ValueError as exc:
         print(f"gatecore check: {exc}", file=sys.stderr)
         return 2
+    if args.seed < 0:
+        print(f"gatecore check: --seed must be an integer >= 0, got {args.seed}", file=sys.stderr)
+        return 2
     try:
         report = check_cell(args.name, verbose=True, seed=args.seed, **options)
-    except (UnknownCellError, TypeError, ValueError) as exc:  # (ValueError: --seed)
+    except (UnknownCellError, TypeError) as exc:
         print(f"gatecore check: {exc}", file=sys.stderr)
         return 2
     return 0 if report.passed else 1

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--input-size", type=int, default=32)
     p.add_argument("--hidden-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="an integer >= 0 (default: 0)")
     p.set_defaults(func=run)
 
 
@@ -25,6 +25,8 @@ def run(args) -> int:
         if value < 1:
             return report_error("demo", f"--{flag.replace('_', '-')} must be a positive "
                                         f"integer, got {value}")
+    if args.seed < 0:
+        return report_error("demo", f"--seed must be an integer >= 0, got {args.seed}")
     try:
         return _run(args)
     except GatecoreError as exc:  # unknown cell, a plugin cell's options

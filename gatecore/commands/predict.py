@@ -85,6 +85,7 @@ def _run(args) -> int:
     if values.size < t0:
         raise F.DataError(f"series too short for the model: {values.size} values, but its window "
                           f"of {model.window} needs at least {t0}")
+    F.check_scale(values, model.season)
     with F.blas_single_thread():
         targets = np.arange(t0, values.size, dtype=np.int64)
         one_step = model.predict(values, targets)
@@ -102,11 +103,14 @@ def _run(args) -> int:
               + (f" ({series.unit})" if series.unit else ""))
     width = max([len(x) for x in labels[-max(args.last, 1):] + future] + [5])
     if args.last and targets.size:
+        shown = [(labels[targets[i]], F.fmt_value(actual[i]), F.fmt_value(one_step[i]),
+                  F.fmt_value(one_step[i] - actual[i], sign=True))
+                 for i in range(max(0, targets.size - args.last), targets.size)]
+        ew = max([9] + [len(e) for *_, e in shown])
         print()
-        print(f"{'label':<{width}}  {'actual':>12}  {'forecast':>12}  {'error':>9}")
-        for i in range(max(0, targets.size - args.last), targets.size):
-            print(f"{labels[targets[i]]:<{width}}  {F.fmt_value(actual[i]):>12}  "
-                  f"{F.fmt_value(one_step[i]):>12}  {F.fmt_value(one_step[i] - actual[i], sign=True):>9}")
+        print(f"{'label':<{width}}  {'actual':>12}  {'forecast':>12}  {'error':>{ew}}")
+        for lab, a, f, e in shown:
+            print(f"{lab:<{width}}  {a:>12}  {f:>12}  {e:>{ew}}")
     if args.steps:
         print()
         print(f"next {args.steps} value(s) after {labels[-1]} (iterated one-step forecasts):")
