@@ -13,6 +13,25 @@ from gatecore import overlap
 from conftest import products_path
 
 
+@pytest.fixture(autouse=True)
+def _default_sigint():
+    """Python's own Ctrl-C handler for each test: a process started in the background by a
+    non-interactive shell (`nohup ... &`, some CI runners) inherits SIGINT ignored, and the
+    Ctrl-C tests below assume the default (gatecore itself leaves an ignored SIGINT alone)."""
+    import signal
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGINT)
+    if old is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        if old is signal.SIG_IGN:
+            signal.signal(signal.SIGINT, old)
+
+
 @pytest.mark.parametrize("T", [1, 2, 3, 7, 15, 16, 100, 1000, 1001])
 @pytest.mark.parametrize("chunks", [1, 2, 8])
 def test_chunk_bounds_cover_all_steps_in_order(T, chunks):
