@@ -155,13 +155,14 @@ class Workspace:
             buf = self._buffers.get(name)
             if buf is None or buf.dtype != dtype or buf.size < n:
                 cap = math.prod(shape_of(max(T, self.max_seq_len), max(B, self.max_batch)))
+                size = max(cap, n, 1)
                 try:
-                    buf = self._empty(max(cap, n, 1), dtype)
+                    buf = self._empty(size, dtype)
                 except (MemoryError, ValueError, OverflowError) as exc:
                     sized = cap > n  # (for max_seq_len/max_batch rather than this call)
                     raise MemoryError(
-                        f"workspace buffer {name!r} needs {max(cap, n, 1)} {np.dtype(dtype)} "
-                        f"elements ({max(cap, n, 1) * np.dtype(dtype).itemsize / 2**30:.3g} GiB) "
+                        f"workspace buffer {name!r} needs {size} {np.dtype(dtype)} "
+                        f"elements ({size * np.dtype(dtype).itemsize / 2**30:.3g} GiB) "
                         f"for T={T}, B={B} with max_seq_len={self.max_seq_len}, "
                         f"max_batch={self.max_batch}, which cannot be allocated "
                         f"({type(exc).__name__}: {exc}); "
