@@ -164,7 +164,7 @@ def bench(cell, T, B, H, dev, reps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--tiny", action="store_true", help="simulator smoke test on tiny shapes")
-    args = ap.parse_args()
+    ap.parse_args()  # (--help, and refuses unknown options; --tiny is read at import: TINY)
     if not cuda.is_available():
         sys.exit("gpu_check: numba.cuda finds no GPU (use --tiny for a simulator smoke test)")
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -617,6 +617,19 @@ def _team_input_product(wihp, in2d, gx2d, flags, tiles, bias):
                                     bias, overlap.go_hand()), go=True)
 
 
+#: multiply-adds of a layer's input product (T * B * G*H * input size) below which a
+#: float32 call on the kernels' own path that does not overlap it computes it on this thread
+#: by the packed products (over W_ih packed by rows) instead of NumPy's OpenBLAS. OpenBLAS's
+#: threads spin for 0.1-0.3 s after a product and take a core from the worker of the next
+#: two-thread call (LSTM T=100, B=8, H=I=64 inference right after a T=10 call: 1.0-1.4 ms
+#: against 0.7-1.0 alone), and small products cost it more than they take here. Measured
+#: in-process (Zen 3, LSTM, H=64; T, B, I: macs): 100, 1, 64 (1.6M) 230 against 288 us a
+#: call; 30, 4, 64 (2M) 208 / 249; 100, 4, 64 (6.5M) 688 / 691; above, OpenBLAS's two
+#: threads are faster: 100, 4, 128 (13M) 985 / 892; 100, 4, 256 (26M) 1167 / 922. (Shared
+#: between the two threads by column panels, as a team's, these took 90-230 us longer.)
+OWN_PACKED_INPUT_MACS = 1 << 23
+
+
 #: multiply-adds of recurrent products per kernel call of a team's time loop: the loop runs in
 #: chunks of steps so that Ctrl-C is answered within a few ms (one call of the whole loop took
 #: 1.3 s to answer at H=1024, B=32, T=400); a call costs about 20 us.
@@ -909,15 +922,23 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
-                if (pipe or items) and kpacked.usable(dtype):  # packed W_ih: the worker's
-                    wihc = None  # chunks (pipe), each half's own items (forward_items)
+                small = own and T * B * GH * in2d.shape[1] < OWN_PACKED_INPUT_MACS
+                if (pipe or items or small) and kpacked.usable(dtype):  # packed W_ih: the
+                    wihc = None  # worker's chunks (pipe), each half's own items
+                    # (forward_items), or a small product on this thread
                     wihp = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
                 elif pk is not None:
                     wihc, wihp = pk["wihc"], None
                 else:
                     wihc, wihp = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH)), None
                     transpose_into(wih, wihc)
-                if not (pipe or items):
+                if pipe or items:
+                    pass
+                elif wihp is not None:  # (OWN_PACKED_INPUT_MACS)
+                    kpacked.pgemm(in2d, 0, wihp, gx2d, T * B, in2d.shape[1], GH, 0,
+                                  -(-GH // kpacked.NR), tiles[0], kpacked.KCMAX,
+                                  kpacked.AFLOATS)
+                else:
                     mm(in2d, wihc, gx2d)
             idx = k * D + d
             hp[0] = state0[0][idx]

@@ -16,10 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-import gatecore
 
 HERE = Path(__file__).resolve().parent
 CASES = HERE / "cuda_sim_cases.py"

@@ -516,3 +516,43 @@ def test_team_chunks_scale_and_cap():
     big = network._team_chunks(1000, 1, 4)
     assert big == list(range(0, 1000, network.TEAM_CHUNK_MAX_STEPS)) + [1000]
     assert network._team_chunks(0, 1) == [0]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "peephole_lstm"])
+@pytest.mark.parametrize("B", [1, 5])
+def test_own_path_small_input_product_leaves_numpy_blas_alone(cell, B, monkeypatch):
+    """A float32 call on the kernels' own path computes an input product below
+    network.OWN_PACKED_INPUT_MACS by the packed products on its own thread, never NumPy's
+    BLAS (whose threads would spin on after it and take a core from the next call's worker):
+    inference uses no NumPy product at all and equals the taped forward; above the threshold
+    OpenBLAS computes it, equal to float32 rounding; both agree with float64."""
+    from gatecore.registry.manager import get_registry
+
+    if cell not in get_registry().cells():
+        pytest.skip(f"{cell} not registered")
+    if not kp.usable(np.float32):
+        pytest.skip("no packed products on this CPU (no AVX2 and FMA)")
+    rng = np.random.default_rng(9)
+    p = gatecore.init_params(cell, 7, 12, num_layers=2, bidirectional=True, seed=3)
+    x = rng.standard_normal((9, B, 7)).astype(np.float32)
+    lengths = [9, 4, 1, 0, 6][:B]
+    used = []
+    orig = network._np_gemm
+    monkeypatch.setattr(network, "_np_gemm", lambda *a: used.append(a[0].shape) or orig(*a))
+    out = {}
+    with products_path("own"):
+        for macs in (0, 1 << 62):
+            monkeypatch.setattr(network, "OWN_PACKED_INPUT_MACS", macs)
+            del used[:]
+            y_inf = gatecore.forward(cell, x, p, training=False, lengths=lengths)[0].copy()
+            assert bool(used) == (macs == 0)  # (inference: no other NumPy product)
+            y, _, tape = gatecore.forward(cell, x, p, lengths=lengths)
+            assert not tape.team
+            out[macs] = [y_inf, y.copy()]
+    packed, blas = out[1 << 62], out[0]
+    np.testing.assert_array_equal(packed[0], packed[1])
+    np.testing.assert_array_equal(blas[0], blas[1])
+    np.testing.assert_allclose(packed[0], blas[0], rtol=0, atol=1e-6)
+    p64 = {k: v.astype(np.float64) for k, v in p.items()}
+    y64 = gatecore.forward(cell, x.astype(np.float64), p64, training=False, lengths=lengths)[0]
+    np.testing.assert_allclose(packed[0], y64, rtol=0, atol=2e-5)

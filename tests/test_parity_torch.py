@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gatecore
-from gatecore import network
 from gatecore.cells.lstm import LSTM
 from gatecore.kernels.factory import cpu_kernels
 from conftest import assert_close, products_path
