@@ -199,6 +199,13 @@ def parse_params(spec: CellSpec, params: Mapping) -> tuple[Dims, np.dtype, list[
             f"params['weight_hr_l0'] must be [proj_size, hidden_size] with 0 < proj_size < "
             f"hidden_size={H}, got shape {found[(0, 0)]['weight_hr'].shape}"
         )
+    if has_proj and w_hh0.shape[1] != P:  # (which of the two is wrong: the other layers say)
+        raise ParameterError(
+            f"params['weight_hr_l0'] is {list(found[(0, 0)]['weight_hr'].shape)} (proj_size="
+            f"{P}) but params['weight_hh_l0'] is {list(w_hh0.shape)}, whose {w_hh0.shape[1]} "
+            f"columns should be proj_size: the two disagree (PyTorch: weight_hr [proj_size, "
+            f"hidden_size], weight_hh [{G}*hidden_size, proj_size])"
+        )
     Hr = P or H
     has_bias = "bias_ih" in found[(0, 0)] or "bias_hh" in found[(0, 0)]
     w_ih0 = found[(0, 0)].get("weight_ih")

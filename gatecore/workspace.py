@@ -59,6 +59,14 @@ class Workspace:
         Where the buffers live. ``"cuda"``: Numba device arrays on the current GPU, and calls
         that use this workspace run there (see :mod:`gatecore.cuda_network`).
 
+    Attributes
+    ----------
+    max_seq_len, max_batch : int
+        The sizes given (0 when not given), the least T and B that each buffer is sized for
+        when it is first allocated. A larger call grows the buffers it needs to its own T
+        and B (once; later calls of that size or less allocate nothing) and leaves these two
+        unchanged: they are not the sizes served so far.
+
     Raises
     ------
     ValueError

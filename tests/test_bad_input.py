@@ -121,6 +121,10 @@ def test_params_errors(x, p):
     raises(ParameterError, r"expected \[4\*hidden_size, hidden_size\].*3-gate cell", gatecore.lstm, x, pg)
     pg["weight_hr_l0"] = np.zeros((2, 4), np.float32)
     raises(ParameterError, r"does not support projection", gatecore.gru, x, pg)
+    pp = gatecore.init_params("lstm", 3, 6, num_layers=2, proj_size=2, seed=0)
+    pp["weight_hr_l0"] = np.zeros((3, 6), np.float32)  # (every other key says proj_size=2)
+    raises(ParameterError, r"weight_hr_l0'\] is \[3, 6\] \(proj_size=3\) but "
+           r"params\['weight_hh_l0'\] is \[24, 2\]", gatecore.lstm, x, pp)
 
 
 def test_backward_errors(p, x):
