@@ -155,7 +155,9 @@ def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E
 #: Below it OpenBLAS spends most of a step in call overhead and in re-packing W_hh (measured
 #: on the 2-core EPYC, float32: 8x64 @ 64x256 in 6-7 us by _mm against 17 us by OpenBLAS;
 #: forward at T=100, B=8, H=64 went from 3.3 to 1.7 ms). Above it, BLAS with its threads wins.
-#: The one-shot products over all steps (input, weight gradients, dx) always use BLAS.
+#: The one-shot products over all steps (input, weight gradients, dx) are NumPy's BLAS
+#: unless a packed path takes them (the teams', _split_grads on AVX-512, and small float32
+#: input products of own-path calls: OWN_PACKED_INPUT_MACS).
 OWN_PRODUCT_MACS = 1 << 19
 
 
@@ -621,8 +623,9 @@ def _team_input_product(wihp, in2d, gx2d, flags, tiles, bias):
 #: float32 call on the kernels' own path that does not overlap it computes it on this thread
 #: by the packed products (over W_ih packed by rows) instead of NumPy's OpenBLAS. OpenBLAS's
 #: threads spin for 0.1-0.3 s after a product and take a core from the worker of the next
-#: two-thread call (LSTM T=100, B=8, H=I=64 inference right after a T=10 call: 1.0-1.4 ms
-#: against 0.7-1.0 alone), and small products cost it more than they take here. Measured
+#: two-thread call (LSTM T=100, B=8, H=I=64 inference right after a T=10 call: 0.86-1.1 ms
+#: with this threshold against 1.27-1.50 without), and small products cost it more than
+#: they take here (float32 with AVX2/FMA, ``kpacked.usable``; forward of training calls too). Measured
 #: in-process (Zen 3, LSTM, H=64; T, B, I: macs): 100, 1, 64 (1.6M) 230 against 288 us a
 #: call; 30, 4, 64 (2M) 208 / 249; 100, 4, 64 (6.5M) 688 / 691; above, OpenBLAS's two
 #: threads are faster: 100, 4, 128 (13M) 985 / 892; 100, 4, 256 (26M) 1167 / 922. (Shared
@@ -663,6 +666,16 @@ def _team_loop(run, T, step_macs, reverse_order, scale=1):
     return body
 
 
+def _packed_input_product(in2d, wihp, gx2d, tile):
+    """gx2d [M, G*H] = in2d [M, I] @ W_ih^T on this thread, over W_ih packed by rows
+    (``wihp``, ``_packed_rows``) with this thread's scratch ``tile``; in2d and gx2d rows
+    C-contiguous (slices of rows are fine)."""
+    M, I = in2d.shape
+    GH = gx2d.shape[1]
+    kpacked.pgemm(in2d, 0, wihp, gx2d, M, I, GH, 0, -(-GH // kpacked.NR), tile, kpacked.KCMAX,
+                  kpacked.AFLOATS)
+
+
 def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tiles):
     """forward_dir over all steps, the input product of later chunks on the worker (over
     ``wihp``, W_ih packed, when not None; else ``wihc``, W_ih^T, by ``_mm``).
@@ -672,14 +685,11 @@ def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tiles)
     thread's own time loop also uses, never at the same time. (One shared tile let the two
     threads' products of different chunks write each other's last panel: a GRU's output
     was 0.16 off in a CI run on an overloaded machine.)"""
-    I, GH = in2d.shape[1], gx2d.shape[1]
-
     def produce(k0, k1, on_worker):
         t0, t1 = (T - k1, T - k0) if reverse else (k0, k1)
         if wihp is not None:
-            tile = tiles[1] if on_worker else tiles[0]
-            kpacked.pgemm(in2d, t0 * B * I, wihp, gx2d[t0 * B:t1 * B], (t1 - t0) * B, I, GH, 0,
-                          -(-GH // kpacked.NR), tile, kpacked.KCMAX, kpacked.AFLOATS)
+            _packed_input_product(in2d[t0 * B:t1 * B], wihp, gx2d[t0 * B:t1 * B],
+                                  tiles[1] if on_worker else tiles[0])
         else:
             mod._mm(in2d[t0 * B:t1 * B], wihc, 0, gx2d[t0 * B:t1 * B])
 
@@ -925,21 +935,19 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 small = own and T * B * GH * in2d.shape[1] < OWN_PACKED_INPUT_MACS
                 if (pipe or items or small) and kpacked.usable(dtype):  # packed W_ih: the
                     wihc = None  # worker's chunks (pipe), each half's own items
-                    # (forward_items), or a small product on this thread
+                    # (forward_items), or a small product here (OWN_PACKED_INPUT_MACS)
                     wihp = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
-                elif pk is not None:
-                    wihc, wihp = pk["wihc"], None
+                    if not (pipe or items):
+                        _packed_input_product(in2d, wihp, gx2d, tiles[0])
                 else:
-                    wihc, wihp = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH)), None
-                    transpose_into(wih, wihc)
-                if pipe or items:
-                    pass
-                elif wihp is not None:  # (OWN_PACKED_INPUT_MACS)
-                    kpacked.pgemm(in2d, 0, wihp, gx2d, T * B, in2d.shape[1], GH, 0,
-                                  -(-GH // kpacked.NR), tiles[0], kpacked.KCMAX,
-                                  kpacked.AFLOATS)
-                else:
-                    mm(in2d, wihc, gx2d)
+                    if pk is not None:
+                        wihc = pk["wihc"]
+                    else:
+                        wihc = ws.get("wihc", dtype, lambda T_, B_, n=wih.shape[1]: (n, GH))
+                        transpose_into(wih, wihc)
+                    wihp = None
+                    if not (pipe or items):
+                        mm(in2d, wihc, gx2d)
             idx = k * D + d
             hp[0] = state0[0][idx]
             if dims.proj_size:
