@@ -221,7 +221,17 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
         name = f"{spec.state_names[s]}0"
         width = dims.hr if s == 0 else dims.hidden_size
         want = (L * D, width) if unbatched else (L * D, B, width)
-        arr = _check_array(name, value, dtype, want, _state_layout(s, unbatched, dims.proj_size))
+        try:
+            arr = _check_array(name, value, dtype, want,
+                               _state_layout(s, unbatched, dims.proj_size))
+        except ShapeError as e:
+            if isinstance(value, (tuple, list)) and value and hasattr(value[0], "shape"):
+                raise ShapeError(  # (gru(h0=(h,)), lstm(h0=(h, c)): one array per state)
+                    f"{e} (from a {type(value).__name__} of {len(value)} arrays: pass "
+                    f"{name} as one array: each of the {spec.name!r} cell's states "
+                    f"{spec.state_names} is its own argument, or its own entry of state0)"
+                ) from None
+            raise
         states.append(arr.reshape(L * D, B, width))
     ws = workspace if workspace is not None else Workspace()
     return spec, dims, dtype, layers, xa, tuple(states), lens, lengths is not None, ws, unbatched

@@ -69,6 +69,8 @@ class Workspace:
 
     Raises
     ------
+    TypeError
+        If ``max_seq_len`` or ``max_batch`` is not an int (or None).
     ValueError
         If ``max_seq_len`` or ``max_batch`` is negative, or ``device`` is unknown.
     CudaUnavailableError (RuntimeError)
@@ -88,7 +90,12 @@ class Workspace:
     def __init__(self, max_seq_len: int | None = None, max_batch: int | None = None,
                  device: str = "cpu") -> None:
         for name, v in (("max_seq_len", max_seq_len), ("max_batch", max_batch)):
-            if v is not None and (not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0):
+            if v is None:
+                continue
+            if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
+                raise TypeError(f"{name} must be a non-negative int or None, got {v!r} "
+                                f"({type(v).__name__})")
+            if v < 0:
                 raise ValueError(f"{name} must be a non-negative int or None, got {v!r}")
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")

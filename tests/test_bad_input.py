@@ -69,6 +69,24 @@ def test_state_shapes_and_dtypes(p, x):
     raises(ShapeError, r"dstate_n\[0\] \(dh_n\) must have shape", gatecore.backward, tape,
            None, (0.0, None))
     raises(DTypeError, r"dy has dtype float64", gatecore.backward, tape, np.ones(y.shape))
+    # states packed into one argument (h0=(h, c), gru(h0=(h,))): the message says so
+    h = np.zeros((4, 2, 4), np.float32)
+    raises(ShapeError, r"h0 must have shape .*from a tuple of 2 arrays: pass h0 as one array",
+           gatecore.lstm, x, p, (h, h))
+    pg = gatecore.init_params("gru", 3, 4, num_layers=2, bidirectional=True, seed=0)
+    raises(ShapeError, r"from a list of 1 arrays.*\('h',\)", gatecore.gru, x, pg, [h])
+
+
+@pytest.mark.parametrize("kw, exc", [
+    (dict(max_seq_len=2.5), TypeError), (dict(max_batch="3"), TypeError),
+    (dict(max_batch=True), TypeError), (dict(max_seq_len=-1), ValueError),
+    (dict(max_batch=np.int64(-2)), ValueError),
+])
+def test_workspace_sizes(kw, exc):
+    """A size that is no int is a TypeError (it was a ValueError), a negative one a ValueError;
+    both name the argument."""
+    raises(exc, f"{next(iter(kw))} must be a non-negative int or None", gatecore.Workspace, **kw)
+    assert gatecore.Workspace(max_seq_len=np.int64(3), max_batch=2).max_seq_len == 3
 
 
 def test_params_as_lists_are_float64_and_the_error_says_so(p, x):
@@ -196,7 +214,7 @@ def test_bool_arguments_are_strict(p, x):
     raises(TypeError, r"training must be True or False", gatecore.forward, "lstm", x, p, training="no")
     raises(TypeError, r"bidirectional must be True or False", gatecore.init_params, "lstm", 3, 4,
            bidirectional="no")
-    raises(ValueError, r"max_seq_len must be", gatecore.Workspace, True)
+    raises(TypeError, r"max_seq_len must be", gatecore.Workspace, True)
     raises(DTypeError, r"dtype must be float32 or float64", gatecore.init_params, "lstm", 3, 4, dtype="bogus")
     pg = gatecore.init_params("gru", 3, 4)
     y1, _ = gatecore.gru(x, pg, reset_after=np.False_)
