@@ -82,6 +82,21 @@ def _check_array(name: str, value, dtype: np.dtype, want, what: str | None = Non
     return _check_dtype(name, arr, dtype)
 
 
+def _check_not_packed_states(name: str, value, want, what: str, spec) -> None:
+    """ShapeError for a state passed as a tuple or list whose first element alone has the
+    state's shape ``want`` (``gru(x, p, h0=(h,))``, ``lstm(x, p, h0=(h, c))``: several states
+    in one argument), which NumPy would otherwise stack into a wrong shape or fail to
+    convert (h and c of different widths with proj_size)."""
+    if (isinstance(value, (tuple, list)) and len(value) >= 1
+            and getattr(value[0], "ndim", 0) >= 1 and tuple(np.shape(value[0])) == tuple(want)):
+        n = len(value)
+        raise ShapeError(
+            f"{name} must have shape {_shape_str(want)} = {what}, got a {type(value).__name__} "
+            f"of {n} array{'s' if n != 1 else ''} of that shape: pass {name} as one array "
+            f"(each of the {spec.name!r} cell's states {spec.state_names} is its own "
+            f"argument, or its own entry of state0)")
+
+
 def _check_shape(name: str, shape, want, what: str | None = None) -> None:
     """ShapeError naming ``name`` unless ``shape`` is ``want`` (``what``: its meaning)."""
     if tuple(shape) != tuple(want):
@@ -221,17 +236,9 @@ def _prepare(cell, x, params, state0, lengths, batch_first, workspace, cell_opti
         name = f"{spec.state_names[s]}0"
         width = dims.hr if s == 0 else dims.hidden_size
         want = (L * D, width) if unbatched else (L * D, B, width)
-        try:
-            arr = _check_array(name, value, dtype, want,
-                               _state_layout(s, unbatched, dims.proj_size))
-        except ShapeError as e:
-            if isinstance(value, (tuple, list)) and value and hasattr(value[0], "shape"):
-                raise ShapeError(  # (gru(h0=(h,)), lstm(h0=(h, c)): one array per state)
-                    f"{e} (from a {type(value).__name__} of {len(value)} arrays: pass "
-                    f"{name} as one array: each of the {spec.name!r} cell's states "
-                    f"{spec.state_names} is its own argument, or its own entry of state0)"
-                ) from None
-            raise
+        what = _state_layout(s, unbatched, dims.proj_size)
+        _check_not_packed_states(name, value, want, what, spec)
+        arr = _check_array(name, value, dtype, want, what)
         states.append(arr.reshape(L * D, B, width))
     ws = workspace if workspace is not None else Workspace()
     return spec, dims, dtype, layers, xa, tuple(states), lens, lengths is not None, ws, unbatched

@@ -29,8 +29,8 @@ from collections.abc import Mapping
 import numpy as np
 from numba import cuda
 
-from .api import (_check_array, _check_lengths, _check_shape, _dropout_plan, _layout, _shape_str,
-                  _state_layout, _to_numpy)
+from .api import (_check_array, _check_lengths, _check_not_packed_states, _check_shape,
+                  _dropout_plan, _layout, _shape_str, _state_layout, _to_numpy)
 from .cells.spec import CellSpec
 from .errors import DTypeError, GatecoreError, ParameterError, ShapeError, StaleTapeError
 from .kernels import cuda_util as cu
@@ -349,7 +349,9 @@ def cuda_forward(cell, x, params, state0=None, *, lengths=None, batch_first=Fals
             name = f"{spec.state_names[s]}0"
             width = Hr if s == 0 else H
             want = (L * D, width) if unbatched else (L * D, B, width)
-            value = _checked(name, value, dtype, want, _state_layout(s, unbatched, P))
+            what = _state_layout(s, unbatched, P)
+            _check_not_packed_states(name, value, want, what, spec)
+            value = _checked(name, value, dtype, want, what)
         state_in.append(value)
     gen = ws._begin(T, B)
     mod = cuda_kernels(spec, dtype)

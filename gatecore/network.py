@@ -155,9 +155,10 @@ def _make_forward_views(ws, dtype, dims, T, B, keep, L, D, H, Hr, G, G1, S, K, E
 #: Below it OpenBLAS spends most of a step in call overhead and in re-packing W_hh (measured
 #: on the 2-core EPYC, float32: 8x64 @ 64x256 in 6-7 us by _mm against 17 us by OpenBLAS;
 #: forward at T=100, B=8, H=64 went from 3.3 to 1.7 ms). Above it, BLAS with its threads wins.
-#: The one-shot products over all steps (input, weight gradients, dx) are NumPy's BLAS
-#: unless a packed path takes them (the teams', _split_grads on AVX-512, and small float32
-#: input products of own-path calls: OWN_PACKED_INPUT_MACS).
+#: The one-shot products over all steps (input, weight gradients, dx) are BLAS (NumPy's, or
+#: SciPy's through Numba's np.dot where the steps use BLAS too: _products) unless a packed
+#: path takes them (teams, overlapped chunks, forward_items, _split_grads on AVX-512, small
+#: float32 input products of own-path calls: OWN_PACKED_INPUT_MACS).
 OWN_PRODUCT_MACS = 1 << 19
 
 

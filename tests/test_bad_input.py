@@ -71,10 +71,20 @@ def test_state_shapes_and_dtypes(p, x):
     raises(DTypeError, r"dy has dtype float64", gatecore.backward, tape, np.ones(y.shape))
     # states packed into one argument (h0=(h, c), gru(h0=(h,))): the message says so
     h = np.zeros((4, 2, 4), np.float32)
-    raises(ShapeError, r"h0 must have shape .*from a tuple of 2 arrays: pass h0 as one array",
-           gatecore.lstm, x, p, (h, h))
+    raises(ShapeError, r"h0 must have shape .*got a tuple of 2 arrays of that shape: pass h0 "
+           r"as one array", gatecore.lstm, x, p, (h, h))
     pg = gatecore.init_params("gru", 3, 4, num_layers=2, bidirectional=True, seed=0)
-    raises(ShapeError, r"from a list of 1 arrays.*\('h',\)", gatecore.gru, x, pg, [h])
+    raises(ShapeError, r"got a list of 1 array of that shape.*\('h',\)", gatecore.gru, x, pg, [h])
+    # with proj_size h and c differ in width (NumPy cannot even stack them)
+    pp = gatecore.init_params("lstm", 3, 4, proj_size=2, seed=0)
+    hp, cp = np.zeros((1, 2, 2), np.float32), np.zeros((1, 2, 4), np.float32)
+    raises(ShapeError, r"got a tuple of 2 arrays of that shape", gatecore.lstm, x, pp, (hp, cp))
+    # a per-layer list that stacks to the right shape is fine; one a layer short is a plain
+    # shape error (no hint about packed states)
+    assert gatecore.gru(x, pg, [h[k] for k in range(4)])[0].shape == (5, 2, 8)
+    with pytest.raises(ShapeError) as e:
+        gatecore.gru(x, pg, [h[k] for k in range(3)])
+    assert "of that shape" not in str(e.value)
 
 
 @pytest.mark.parametrize("kw, exc", [
