@@ -39,6 +39,34 @@ from .workspace import Workspace
 __all__ = ["Tape", "run_forward", "run_backward", "own_products"]
 
 
+class Replay:
+    """The work of an inference call after staging, recorded by ``run_forward`` (``rec``)
+    to be run again for the next call of the same kind on the same workspace without the
+    checks, path decisions, views and argument lists that it repeats (``api._replay``:
+    about 85 against 30 us at T=1 with prepared parameters).
+
+    ``ops``: the calls ``(fn, args)`` in order, kernels, products and state copies, whose
+    arguments are workspace views and prepared parameters only (x is copied into ``x0``,
+    the initial states into ``state0``, before they run); ``y``, ``state_n``: the call's
+    outputs (workspace views); ``quiet``: run under ``np.errstate(all="ignore")`` (a NumPy
+    product among ``ops``). Only calls whose every layer took the one-thread own path and
+    read every parameter in place are recorded (``ok``); a workspace keeps a replay among
+    its memoized views (``Workspace.fixed``), so one that reallocates a buffer or is cleared
+    forgets it.
+    """
+
+    __slots__ = ("ok", "ops", "quiet", "x0", "state0", "y", "state_n", "base", "params",
+                 "dtype", "unbatched", "key")
+
+    def __init__(self):
+        self.ok = True
+        self.ops = []
+        self.quiet = False
+        self.x0 = self.state0 = self.y = self.state_n = None
+        self.base = self.params = self.dtype = self.key = None
+        self.unbatched = False
+
+
 @dataclasses.dataclass
 class Tape:
     """What backward needs from a forward call (the reserve space).
@@ -847,7 +875,7 @@ def draw_mask(dropout, m) -> None:
 @_fp_quiet
 def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded, ws: Workspace,
                 training: bool, batch_first: bool, unbatched: bool, dtype, packed=None,
-                dropout=None):
+                dropout=None, rec=None):
     """Run the network on validated inputs.
 
     ``xa`` [T, B, I] is a time-major view of x (any strides), ``states`` a tuple with None or
@@ -856,6 +884,9 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     ``packed`` (inference only): the transposed weights of prepared parameters
     (``PreparedParams._layout``), whose arrays are gatecore's own and are read in place.
     ``dropout`` (training only): (p, numpy Generator) for dropout between layers (``_drop``).
+    ``rec`` (inference with prepared parameters): a ``Replay`` that records the call's work
+    after staging (see there); it stays unusable (``ok`` false) unless every layer took the
+    one-thread own path.
     Returns ``(y [T, B, D*Hr], state_n tuple, tape or None)`` as workspace views.
     """
     T, B, _ = xa.shape
@@ -865,14 +896,37 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     mod = cpu_kernels(spec, dtype)
     gen = ws._begin(T, B)
     keep = bool(training)
+    if rec is not None and (keep or packed is None or padded):
+        rec.ok = False
+    given = layers
     x, state0, layers = _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype,
                                       keep)
+    swap = {}  # id(argument) -> (argument, what the recorded call gets instead); holding the
+    # argument keeps its id from being reused by another object during this call
+    if rec is not None and rec.ok:
+        # (a parameter copied into the workspace could be overwritten by another call
+        # between replays: record only calls that read every parameter in place)
+        rec.ok = all(a is given[k][d][p] for k, per in enumerate(layers)
+                     for d, group in enumerate(per) for p, a in group.items())
+        rec.x0, rec.state0 = x, state0
+        if x is xa:  # x read in place: a replay copies its x into the workspace's x0
+            rec.x0 = ws.get("x0", dtype, lambda T_, B_, n=xa.shape[2]: (T_, B_, n))
+            swap[id(x)] = (x, rec.x0)  # (layer 0's input, as its 2-D view below)
+
+    def swapped(a):
+        hit = swap.get(id(a))
+        return hit[1] if hit is not None and hit[0] is a else a
+
+    def do(fn, *args):  # (run, and record for replay)
+        if rec is not None and rec.ok:
+            rec.ops.append((fn, tuple(swapped(a) for a in args) if swap else args))
+        return fn(*args)
 
     views = _forward_views(ws, dtype, spec, dims, T, B, keep,
                            keep and not mod.AXB and not spec.two_stage)
     zeros_bias, no_whr, gh1, gh2, pbuf = (views[n] for n in ("zero_bias", "no_whr", "gh1",
                                                               "gh2", "pbuf"))
-    zeros_bias.fill(-0.0)  # (an exact additive identity: x + -0.0 is x, also for x = -0.0)
+    do(zeros_bias.fill, -0.0)  # (an exact additive identity: x + -0.0 is x, also for x = -0.0)
     state_n = views["state_n"]
     own = own_products(spec, dims, B)
     team = team_products(spec, dims, B, dtype, keep, T)
@@ -897,6 +951,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
     for k in range(L):
         y = views["y", k]
         in2d = layer_in.reshape(T * B, layer_in.shape[2])
+        if k == 0 and id(x) in swap:
+            swap[id(in2d)] = (in2d, swap[id(x)][1].reshape(T * B, layer_in.shape[2]))
         # (not when x, read in place, overlaps this layer's y: an earlier output of this
         # workspace; its later rows would be overwritten before the worker had read them)
         alias = np.may_share_memory(layer_in, y)
@@ -911,11 +967,13 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
                 and overlap_pays(B, GH, Hr, H, in2d.shape[1]) and overlap.enabled()
                 and not alias)
+        if rec is not None and (team or iteam or items or pipe or ext):
+            rec.ok = False  # (two threads, or steps in Python: not replayed)
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""
             gx, hp, st, u, tp, mh, ex = views["dir", k, d]
-            _fill_extras(spec, dims, group, ex)
+            do(_fill_extras, spec, dims, group, ex)
             gx2d = gx.reshape(T * B, GH)
             pk = packed[k][d] if packed is not None else None
             bih = group["bias_ih"] if dims.bias else zeros_bias
@@ -939,7 +997,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     # (forward_items), or a small product here (OWN_PACKED_INPUT_MACS)
                     wihp = _packed_rows(pk, "wihp", wih, GH, ws, dtype)
                     if not (pipe or items):
-                        _packed_input_product(in2d, wihp, gx2d, tiles[0])
+                        do(_packed_input_product, in2d, wihp, gx2d, tiles[0])
                 else:
                     if pk is not None:
                         wihc = pk["wihc"]
@@ -948,15 +1006,17 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                         transpose_into(wih, wihc)
                     wihp = None
                     if not (pipe or items):
-                        mm(in2d, wihc, gx2d)
+                        if rec is not None:
+                            rec.quiet = True  # (NumPy's matmul may warn)
+                        do(mm, in2d, wihc, gx2d)
             idx = k * D + d
-            hp[0] = state0[0][idx]
+            do(np.copyto, hp[0], state0[0][idx])
             if dims.proj_size:
-                st[0, 0] = 0.0
+                do(st[0, 0].fill, 0.0)
             else:
-                st[0, 0] = state0[0][idx]
+                do(np.copyto, st[0, 0], state0[0][idx])
             for s in range(1, S):
-                st[s, 0] = state0[s][idx]
+                do(np.copyto, st[s, 0], state0[s][idx])
             # transposed C-contiguous recurrent weights: OpenBLAS multiplies h @ W^T fastest
             # with W^T stored (measured per step: 16x1024 @ 1024x4096 2.1 ms against 2.9 ms
             # through a transposed view); the kernels' own products (_mm, and backward's
@@ -977,15 +1037,15 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 w1c = ws.get(f"w1c{tag}", dtype,
                              lambda T_, B_: (0 if (team or pown) else Hr, G1H))
                 if need:
-                    transpose_into(whh[:G1H], w1c)
+                    do(transpose_into, whh[:G1H], w1c)
                 if spec.two_stage:
                     w2c = ws.get(f"w2c{tag}", dtype, lambda T_, B_: (0 if pown else H, G2H))
                     if need:
-                        transpose_into(whh[G1H:], w2c)
+                        do(transpose_into, whh[G1H:], w2c)
                 if dims.proj_size:
                     whrc = ws.get(f"whrc{tag}", dtype, lambda T_, B_: (0 if pown else H, Hr))
                     if need:
-                        transpose_into(whr, whrc)
+                        do(transpose_into, whr, whrc)
             wp1 = wp2 = wpr = no_wp
             if pown and not iteam:  # packed once for prepared parameters, else into the
                 # workspace
@@ -1043,11 +1103,11 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             elif pipe:
                 _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d, wihp, tiles)
             else:
-                mod.forward_dir(*args, 0, T, False, 0, B)
+                do(mod.forward_dir, *args, 0, T, False, 0, B)
             last = T if keep else T % 2
-            state_n[0][idx] = hp[last]
+            do(np.copyto, state_n[0][idx], hp[last])
             for s in range(1, S):
-                state_n[s][idx] = st[s, last]
+                do(np.copyto, state_n[s][idx], st[s, last])
             if empty is not None:  # items without a step: h0, carried through every slot,
                 hp[:T, empty] = 0  # meets only dA = 0 in dW_hh (a NaN h0 made it all NaN)
             if keep:
@@ -1058,6 +1118,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             layer_in = _drop(ws, dtype, k, y, dropout, masks)
         if keep and k + 1 < L:
             xs.append(layer_in)
+    if rec is not None and rec.ok:
+        rec.y, rec.state_n = layer_in, tuple(state_n)
     tape = None
     if keep:
         tape = Tape(spec, dims, dtype, T, B, batch_first, unbatched, lengths, layers, ws, gen,

@@ -214,6 +214,12 @@ class Workspace:
             hit = self._fixed[key] = make()
         return hit
 
+    def _remember(self, key, value) -> None:
+        """Memoize ``value`` under ``key`` as ``fixed`` does, replacing an earlier one."""
+        if key not in self._fixed and len(self._fixed) >= 64:
+            self._fixed.clear()
+        self._fixed[key] = value
+
     @property
     def nbytes(self) -> int:
         """Total bytes held by the workspace's buffers (host buffers: with their padding to

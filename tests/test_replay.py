@@ -1,0 +1,242 @@
+"""Replayed inference calls (network.Replay): a repeated inference call with prepared
+parameters on the same workspace runs its recorded work again. Its results must be the
+whole way's, bit for bit, whatever the layout, states, aliasing and calls in between."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gatecore
+import gatecore.api as api
+from gatecore.errors import DTypeError, ShapeError, StaleTapeError, WorkspaceBusyError
+
+
+def _count_whole_way(monkeypatch):
+    """Count the calls that go through run_forward (not replayed)."""
+    calls = [0]
+    orig = api.run_forward
+
+    def counted(*a, **k):
+        calls[0] += 1
+        return orig(*a, **k)
+    monkeypatch.setattr(api, "run_forward", counted)
+    return calls
+
+
+def _inputs(rng, T, B, I, dtype, batch_first, unbatched):
+    shape = (T, I) if unbatched else ((B, T, I) if batch_first else (T, B, I))
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def _states(rng, cell, dims, B, dtype, unbatched, which):
+    L, D, H, Hr = dims
+    widths = [Hr, H] if cell in ("lstm", "peephole_lstm") else [H]
+    out = []
+    for s, w in enumerate(widths):
+        if which == "none" or (which == "h0" and s > 0):
+            out.append(None)
+        else:
+            shape = (L * D, w) if unbatched else (L * D, B, w)
+            out.append(rng.standard_normal(shape).astype(dtype))
+    return tuple(out)
+
+
+def _same(a, b):
+    np.testing.assert_array_equal(a, b)
+    assert a.dtype == b.dtype and a.shape == b.shape
+
+
+CASES = st.fixed_dictionaries(dict(
+    cell=st.sampled_from(["lstm", "gru", "gru_before", "mgu", "peephole_lstm"]),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    T=st.sampled_from([0, 1, 2, 7, 30]),
+    B=st.sampled_from([0, 1, 3, 5, 8]),
+    I=st.sampled_from([1, 4, 16]),
+    H=st.sampled_from([1, 3, 16, 64]),
+    L=st.sampled_from([1, 2]),
+    bidirectional=st.booleans(),
+    proj=st.booleans(),
+    batch_first=st.booleans(),
+    unbatched=st.booleans(),
+    states=st.sampled_from(["none", "h0", "all", "none_arg"]),
+))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=CASES, seed=st.integers(0, 2 ** 16))
+def test_replay_is_the_whole_way_bit_for_bit(case, seed):
+    cell, dtype = case["cell"], np.dtype(case["dtype"])
+    opts = {}
+    if cell == "gru_before":
+        cell, opts = "gru", {"reset_after": False}
+    T, B, I, H, L = case["T"], case["B"], case["I"], case["H"], case["L"]
+    unbatched = case["unbatched"]
+    if unbatched:
+        B = 1
+    proj = 2 if (case["proj"] and cell == "lstm" and H > 2) else 0
+    D = 2 if case["bidirectional"] else 1
+    kw = dict(num_layers=L, bidirectional=case["bidirectional"], dtype=dtype, seed=seed)
+    if proj:
+        kw["proj_size"] = proj
+    p = gatecore.init_params(cell, I, H, **kw)
+    q = gatecore.prepare(p)
+    rng = np.random.default_rng(seed)
+    ws = gatecore.Workspace()
+    dims = (L, D, H, proj or H)
+
+    def call(x, s, w):
+        state0 = None if case["states"] == "none_arg" else s
+        return gatecore.forward(cell, x, q, state0, workspace=w, training=False,
+                                batch_first=case["batch_first"], **opts)
+
+    for step in range(3):  # record, then replay twice with new inputs
+        x = _inputs(rng, T, B, I, dtype, case["batch_first"], unbatched)
+        s = _states(rng, cell, dims, B, dtype, unbatched, case["states"])
+        y, state_n, tape = call(x, s, ws)
+        y, state_n = y.copy(), tuple(a.copy() for a in state_n)
+        y_ref, state_ref, _ = call(x, s, gatecore.Workspace())  # the whole way
+        assert tape is None
+        _same(y, y_ref)
+        for a, b in zip(state_n, state_ref):
+            _same(a, b)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_streaming_loop_feeding_outputs_back(monkeypatch, cell, dtype):
+    """The streaming pattern: one step per call, y fed back as the next x and the final
+    states (views of the workspace) as the next initial states."""
+    I = H = 16
+    p = gatecore.init_params(cell, I, H, dtype=dtype, seed=1)
+    q = gatecore.prepare(p)
+    ws = gatecore.Workspace()
+    x = np.random.default_rng(0).standard_normal((1, 2, I)).astype(dtype)
+    calls = _count_whole_way(monkeypatch)
+    state, state_ref, x_ref = None, None, x.copy()
+    for _ in range(20):
+        y, state, _ = gatecore.forward(cell, x, q, state, workspace=ws, training=False)
+        y_ref, state_ref, _ = gatecore.forward(cell, x_ref, p, state_ref, training=False)
+        _same(y, y_ref)
+        for a, b in zip(state, state_ref):
+            _same(a, b)
+        x, x_ref = y, y_ref.copy()  # (y: a view of the workspace, read by the next call)
+    assert calls[0] == 20 + 2  # 20 whole-way references; the first two calls recorded (no
+    # states, then states)
+
+
+def test_lstm_and_gru_wrappers_replay(monkeypatch):
+    q = gatecore.prepare(gatecore.init_params("lstm", 8, 8, seed=0))
+    g = gatecore.prepare(gatecore.init_params("gru", 8, 8, seed=0))
+    ws = gatecore.Workspace()
+    x = np.ones((1, 1, 8), np.float32)
+    calls = _count_whole_way(monkeypatch)
+    y, (h, c) = gatecore.lstm(x, q, workspace=ws)
+    for _ in range(3):
+        y, (h, c) = gatecore.lstm(x, q, h, c, workspace=ws)
+    assert calls[0] == 2  # (no states, then states: two kinds of call)
+    for _ in range(3):
+        yg, hg = gatecore.gru(x, g, workspace=ws, reset_after=False)
+    assert calls[0] == 3
+
+
+def test_calls_in_between_and_growth(monkeypatch):
+    """Other shapes, a larger call that reallocates buffers, a training call and clear()
+    between replays: each replay still gives the whole way's results."""
+    p = gatecore.init_params("lstm", 8, 16, seed=2)
+    q = gatecore.prepare(p)
+    ws = gatecore.Workspace()
+    rng = np.random.default_rng(3)
+
+    def check(T, B, training=False):
+        x = rng.standard_normal((T, B, 8)).astype(np.float32)
+        out = gatecore.forward("lstm", x, q, workspace=ws, training=training)
+        ref = gatecore.forward("lstm", x, p, training=training)
+        _same(out[0], ref[0])
+        return out
+
+    calls = _count_whole_way(monkeypatch)
+    check(5, 2)
+    check(1, 2)  # another shape (smaller: no buffer reallocated): recorded beside it
+    check(1, 2)
+    check(5, 2)
+    check(1, 2)
+    assert calls[0] == 2 + 5  # (and 5 whole-way references)
+    check(40, 16)  # larger: buffers reallocated, the replays forgotten
+    check(1, 2)
+    _, _, tape = check(3, 2, training=True)
+    check(1, 2)
+    with pytest.raises(StaleTapeError):  # as after any later call on the workspace
+        gatecore.backward(tape)
+    ws.clear()
+    check(1, 2)
+    check(1, 2)
+
+
+def test_replay_refuses_what_the_whole_way_refuses():
+    q = gatecore.prepare(gatecore.init_params("lstm", 4, 5, seed=0))
+    ws = gatecore.Workspace()
+    x = np.zeros((2, 3, 4), np.float32)
+    h = np.zeros((1, 3, 5), np.float32)
+    for _ in range(2):
+        gatecore.lstm(x, q, h, h, workspace=ws)
+    with pytest.raises(ShapeError, match="h0 must have shape"):
+        gatecore.lstm(x, q, h[:, :2], h, workspace=ws)
+    with pytest.raises(DTypeError):
+        gatecore.lstm(x.astype(np.float64), q, h, h, workspace=ws)
+    with pytest.raises(ShapeError):
+        gatecore.lstm(x, q, (h, h), workspace=ws)
+    with pytest.raises(ValueError, match="lengths"):
+        gatecore.lstm(x, q, h, h, workspace=ws, lengths=[1, 2, 3])
+    y, _ = gatecore.lstm(x, q, h, h, workspace=ws, lengths=[1, 2, 2])  # (whole way)
+    assert not y[1:, 0].any()
+    # a workspace in use elsewhere is refused by a replay too
+    ws._acquire()
+    try:
+        with pytest.raises(WorkspaceBusyError):
+            gatecore.lstm(x, q, h, h, workspace=ws)
+    finally:
+        ws._release()
+    done = []
+    t = threading.Thread(target=lambda: done.append(gatecore.lstm(x, q, h, h, workspace=ws)))
+    t.start()
+    t.join()
+    assert done and done[0][0].shape == (2, 3, 5)
+
+
+def test_replay_with_x_an_earlier_output_and_int_x(monkeypatch):
+    """x that is this workspace's y (read before anything is written), and x of another
+    dtype (converted: the whole way, never replayed)."""
+    p = gatecore.init_params("gru", 6, 6, seed=4)
+    q = gatecore.prepare(p)
+    ws = gatecore.Workspace()
+    x = np.random.default_rng(5).standard_normal((4, 2, 6)).astype(np.float32)
+    y, _ = gatecore.gru(x, q, workspace=ws)
+    for _ in range(3):
+        ref, _ = gatecore.gru(y.copy(), p)
+        y, _ = gatecore.gru(y, q, workspace=ws)
+        _same(y, ref)
+    calls = _count_whole_way(monkeypatch)
+    xi = np.ones((4, 2, 6), np.int64)
+    for _ in range(2):
+        yi, _ = gatecore.gru(xi, q, workspace=ws)
+    assert calls[0] == 2
+    _same(yi, gatecore.gru(xi.astype(np.float32), p)[0])
+
+
+def test_two_thread_calls_are_not_recorded(monkeypatch):
+    """Calls on two threads (here the halves of a batch of 8) go the whole way every time."""
+    p = gatecore.init_params("lstm", 64, 64, seed=6)
+    q = gatecore.prepare(p)
+    ws = gatecore.Workspace()
+    x = np.random.default_rng(7).standard_normal((100, 8, 64)).astype(np.float32)
+    calls = _count_whole_way(monkeypatch)
+    for _ in range(3):
+        y, _ = gatecore.lstm(x, q, workspace=ws)
+        _same(y, gatecore.lstm(x, q, workspace=gatecore.Workspace())[0])
+    expect = 6 if gatecore.kernels.packed.usable(np.dtype(np.float32)) else 4
+    assert calls[0] == expect
