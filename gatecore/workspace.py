@@ -136,7 +136,8 @@ class Workspace:
     def __getstate__(self):  # (copy, deepcopy, pickle: a lock cannot be copied; the copy
         state = dict(self.__dict__)  # gets its own, free)
         del state["_busy"]
-        return state
+        state["_fixed"] = {}  # (memoized views and recorded calls: rebuilt on use; a
+        return state  # recorded call holds its prepared parameters, not worth a copy)
 
     def __setstate__(self, state) -> None:
         self.__dict__.update(state)

@@ -240,3 +240,24 @@ def test_two_thread_calls_are_not_recorded(monkeypatch):
         _same(y, gatecore.lstm(x, q, workspace=gatecore.Workspace())[0])
     expect = 6 if gatecore.kernels.packed.usable(np.dtype(np.float32)) else 4
     assert calls[0] == expect
+
+
+def test_copied_workspaces_record_afresh():
+    """copy/deepcopy/pickle of a workspace drop its records (and memoized views): the copy
+    records its own calls; results stay the whole way's."""
+    import copy
+    import pickle
+    p = gatecore.init_params("lstm", 8, 16, num_layers=2, seed=8)
+    q = gatecore.prepare(p)
+    ws = gatecore.Workspace()
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    for _ in range(2):
+        gatecore.lstm(x, q, workspace=ws)
+    assert any(k[0] == "replay" for k in ws._fixed if isinstance(k, tuple))
+    for w2 in (copy.copy(ws), copy.deepcopy(ws), pickle.loads(pickle.dumps(ws))):
+        assert not w2._fixed
+        x2 = rng.standard_normal((3, 2, 8)).astype(np.float32)
+        for _ in range(2):
+            y, _ = gatecore.lstm(x2, q, workspace=w2)
+            _same(y, gatecore.lstm(x2, p)[0])
