@@ -24,6 +24,7 @@ import numpy as np
 
 from .errors import DTypeError, ShapeError
 from .network import Replay, Tape, run_backward, run_forward
+from .overlap import enabled as overlap_enabled
 from .params import Dims, PreparedParams, _short_repr, init_params_for_spec, parse_params
 from .registry.manager import get_registry
 from .workspace import Workspace
@@ -476,7 +477,8 @@ def _replay(cell, x, params, state0, batch_first, ws, cell_options):
     ws._acquire()  # (WorkspaceBusyError: another thread's call is using it)
     try:
         rec = ws._fixed.get(key)
-        if rec is None or rec.params is not params or rec.base is not base:
+        if (rec is None or rec.params is not params or rec.base is not base
+                or (rec.solo and overlap_enabled())):
             return None  # (base: the cell registered anew since)
         return _run_replay(rec, ws, x, state0, batch_first)
     finally:

@@ -52,11 +52,12 @@ class Replay:
     product among ``ops``). Only calls whose every layer took the one-thread own path and
     read every parameter in place are recorded (``ok``); a workspace keeps a replay among
     its memoized views (``Workspace.fixed``), so one that reallocates a buffer or is cleared
-    forgets it.
+    forgets it. ``solo``: recorded while two threads were not allowed (``overlap.enabled``);
+    not replayed once they are.
     """
 
     __slots__ = ("ok", "ops", "quiet", "x0", "state0", "y", "state_n", "base", "params",
-                 "dtype", "unbatched", "key")
+                 "dtype", "unbatched", "key", "solo")
 
     def __init__(self):
         self.ok = True
@@ -65,6 +66,8 @@ class Replay:
         self.x0 = self.state0 = self.y = self.state_n = None
         self.base = self.params = self.dtype = self.key = None
         self.unbatched = False
+        self.solo = not overlap.enabled()  # (made on one thread only because two were
+        # not allowed: not replayed once they are, when the whole way may take two)
 
 
 @dataclasses.dataclass

@@ -261,3 +261,20 @@ def test_copied_workspaces_record_afresh():
         for _ in range(2):
             y, _ = gatecore.lstm(x2, q, workspace=w2)
             _same(y, gatecore.lstm(x2, p)[0])
+
+
+def test_recorded_while_one_thread_was_forced(monkeypatch):
+    """A call recorded under GATECORE_OVERLAP=0 (one thread forced) is not replayed once two
+    threads are allowed again: the whole way may then take them."""
+    q = gatecore.prepare(gatecore.init_params("lstm", 128, 128, seed=10))
+    ws = gatecore.Workspace()
+    x = np.ones((1000, 1, 128), np.float32)  # (its input product overlaps on two threads)
+    calls = _count_whole_way(monkeypatch)
+    monkeypatch.setenv("GATECORE_OVERLAP", "0")
+    y1 = gatecore.lstm(x, q, workspace=ws)[0].copy()
+    gatecore.lstm(x, q, workspace=ws)
+    assert calls[0] == 1  # (recorded, then replayed)
+    monkeypatch.delenv("GATECORE_OVERLAP")
+    y2 = gatecore.lstm(x, q, workspace=ws)[0]
+    assert calls[0] == (2 if gatecore.overlap.enabled() else 1)  # (one CPU: still one thread)
+    np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-6)
