@@ -6,6 +6,8 @@ from its disk cache) is never timed here: see ``bench_compile.py`` for that.
 
 from __future__ import annotations
 
+import gatecore
+
 from .common import (ALL_CELLS_SHAPE, CELLS, DTYPES, FULL, SHAPES, SOME_SHAPES, Case,
                      registered_cells)
 
@@ -24,6 +26,35 @@ class Forward:
 
     def time_forward(self, cell, shape, params):
         self.case.infer()
+
+
+class StreamStep:
+    """Step-by-step inference: one step per call (T = 1, B = 1, H = I = 128, float32), the
+    final states fed back as the next call's initial states, prepared parameters and one
+    workspace: the per-call cost, which repeated calls cut by replaying the recorded one
+    (``gatecore.network.Replay``); "whole way" disables the replay."""
+
+    params = (CELLS, ["replay", "whole way"])
+    param_names = ["cell", "mode"]
+
+    def setup(self, cell, mode):
+        import gatecore.api
+        self.case = Case(cell, (1, 1, 128, 128), prepared=True)
+        self._replay = gatecore.api._replay
+        if mode == "whole way":
+            gatecore.api._replay = lambda *a, **k: None
+        self.state = self.case.infer()[1]
+        self.case.infer()
+
+    def teardown(self, cell, mode):
+        import gatecore.api
+        gatecore.api._replay = self._replay
+
+    def time_step(self, cell, mode):
+        c = self.case
+        for _ in range(100):
+            self.state = gatecore.forward(c.cell, c.x, c.params, self.state, training=False,
+                                          workspace=c.ws)[1]
 
 
 class ForwardBackward:
