@@ -421,9 +421,8 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
         out = _out_y(ws, y, dtype, batch_first, unbatched), _out_state(state_n, unbatched), tape
         if rec is not None and rec.ok:  # (after _out_y: its first use allocates y_bf,
             # which clears the workspace's memo)
-            rec.base, rec.params, rec.dtype, rec.unbatched = (
-                get_registry().get(cell), params, dtype, unbatched)
-            ws._remember(key, rec)
+            rec.base, rec.dtype, rec.unbatched = get_registry().get(cell), dtype, unbatched
+            ws._remember_replay(key, rec, params)
         return out
     finally:
         ws._release()
@@ -434,7 +433,8 @@ def _replay_key(cell, x, params, state0, batch_first, cell_options, dtype):
     arguments (``forward``), or None when such calls are not replayed: x or a state not a
     NumPy array of the parameters' dtype, states not None or a tuple/list of arrays and
     Nones, cell options that are not plain values."""
-    if type(cell) is not str or type(x) is not np.ndarray or batch_first not in (True, False):
+    if (type(cell) is not str or type(x) is not np.ndarray
+            or type(batch_first) not in (bool, np.bool_)):
         return None
     if dtype is not None and x.dtype != dtype:
         return None
@@ -455,10 +455,10 @@ def _replay_key(cell, x, params, state0, batch_first, cell_options, dtype):
                 return None
         sig = tuple(sig)
     opts = ()
-    if cell_options:
+    if cell_options:  # (with each value's type: reset_after=1 is not reset_after=True)
         if any(type(v) not in (bool, int, float, str) for v in cell_options.values()):
             return None
-        opts = tuple(sorted(cell_options.items()))
+        opts = tuple((k, type(cell_options[k]), cell_options[k]) for k in sorted(cell_options))
     return ("replay", cell, id(params), x.shape, x.dtype, bool(batch_first), sig, opts)
 
 
@@ -476,8 +476,8 @@ def _replay(cell, x, params, state0, batch_first, ws, cell_options):
         return None
     ws._acquire()  # (WorkspaceBusyError: another thread's call is using it)
     try:
-        rec = ws._fixed.get(key)
-        if (rec is None or rec.params is not params or rec.base is not base
+        rec = ws._replays.get(key)
+        if (rec is None or rec.params() is not params or rec.base is not base
                 or (rec.solo and overlap_enabled())):
             return None  # (base: the cell registered anew since)
         return _run_replay(rec, ws, x, state0, batch_first)

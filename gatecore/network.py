@@ -52,8 +52,9 @@ class Replay:
     product among ``ops``). Only calls whose every layer took the one-thread own path and
     read every parameter in place are recorded (``ok``); a workspace keeps a replay among
     its memoized views (``Workspace.fixed``), so one that reallocates a buffer or is cleared
-    forgets it. ``solo``: recorded while two threads were not allowed (``overlap.enabled``);
-    not replayed once they are.
+    forgets it (``Workspace._remember_replay``: at most ``workspace.REPLAYS``, each with a
+    weak reference to its PreparedParams, ``params``). ``solo``: recorded while two threads
+    were not allowed (``overlap.enabled``); not replayed once they are.
     """
 
     __slots__ = ("ok", "ops", "quiet", "x0", "state0", "y", "state_n", "base", "params",
@@ -964,14 +965,17 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         # aliasing y is fine, unless each half computes it step by step (jit: not then);
         # without a worker the caller runs both halves)
         iteam = item_team_ok and halves and not ext
-        items = (not keep and pown and not ext and halves and not alias and not iteam
-                 and overlap.enabled())
-        pipe = (not keep and own and T > 1 and B > 0 and not items and not iteam
-                and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
-                and overlap_pays(B, GH, Hr, H, in2d.shape[1]) and overlap.enabled()
-                and not alias)
-        if rec is not None and (team or iteam or items or pipe or ext):
-            rec.ok = False  # (two threads, or steps in Python: not replayed)
+        items_ = (not keep and pown and not ext and halves and not iteam
+                  and overlap.enabled())  # (items and pipe but for the alias)
+        items = items_ and not alias
+        pipe_ = (not keep and own and T > 1 and B > 0 and not items and not iteam
+                 and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
+                 and overlap_pays(B, GH, Hr, H, in2d.shape[1]) and overlap.enabled())
+        pipe = pipe_ and not alias
+        if rec is not None and (team or iteam or items_ or pipe_ or ext):
+            rec.ok = False  # (two threads, or steps in Python: not replayed; nor a call
+            # kept off two threads only because its x is this workspace's y: the next call
+            # with the same key may not be)
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""

@@ -20,11 +20,16 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Callable
 
 import numpy as np
 
 from .errors import WorkspaceBusyError
+
+#: most recorded inference calls a workspace keeps (``Workspace._remember_replay``): each
+#: holds views of the buffers and the arrays of its prepared parameters
+REPLAYS = 8
 
 __all__ = ["Workspace"]
 
@@ -111,6 +116,7 @@ class Workspace:
         self._buffers: dict[str, np.ndarray] = {}
         self._views: dict[str, dict] = {}
         self._fixed: dict = {}
+        self._replays: dict = {}  # recorded inference calls (network.Replay), oldest first
         self._host: Workspace | None = None
         self._shape = (0, 0)
         self._busy = threading.Lock()  # held by the call using the workspace
@@ -134,13 +140,14 @@ class Workspace:
         self._busy.release()
 
     def __getstate__(self):  # (copy, deepcopy, pickle: a lock cannot be copied; the copy
-        state = dict(self.__dict__)  # gets its own, free)
-        del state["_busy"]
-        state["_fixed"] = {}  # (memoized views and recorded calls: rebuilt on use; a
-        return state  # recorded call holds its prepared parameters, not worth a copy)
+        state = dict(self.__dict__)  # gets its own, free; and no buffer: they are scratch,
+        del state["_busy"]  # and a copy sharing them with its original (copy.copy) had its
+        state.update(_buffers={}, _views={}, _fixed={}, _replays={}, _host=None)  # results
+        return state  # overwritten by calls on the original)
 
     def __setstate__(self, state) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_replays", {})
         self._busy = threading.Lock()
 
     # ----------------------------------------------------------------- internal
@@ -186,6 +193,7 @@ class Workspace:
                            else "make the call smaller (T, B or the sizes)")) from None
                 self._buffers[name] = buf
                 self._fixed.clear()  # (may hold views of the old buffer)
+                self._replays.clear()
                 memo = None  # views of the old buffer must not keep it alive
             if memo is None or len(memo) > 64:  # many shapes (varying T): start afresh
                 memo = self._views[name] = {}
@@ -215,11 +223,22 @@ class Workspace:
             hit = self._fixed[key] = make()
         return hit
 
-    def _remember(self, key, value) -> None:
-        """Memoize ``value`` under ``key`` as ``fixed`` does, replacing an earlier one."""
-        if key not in self._fixed and len(self._fixed) >= 64:
-            self._fixed.clear()
-        self._fixed[key] = value
+    def _remember_replay(self, key, rec, params) -> None:
+        """Keep ``rec`` (``network.Replay``) under ``key`` (replacing one there), at most
+        REPLAYS of them (the oldest goes). It refers to ``params`` weakly: once that
+        PreparedParams is gone the record goes too, and with it the arrays its calls hold."""
+        ref = weakref.ref(self)
+
+        def gone(wr, key=key):  # (no reference to rec: no cycle through the callback)
+            ws = ref()
+            hit = ws._replays.get(key) if ws is not None else None
+            if hit is not None and hit.params is wr:
+                ws._replays.pop(key, None)
+        rec.params = weakref.ref(params, gone)
+        self._replays.pop(key, None)
+        while len(self._replays) >= REPLAYS:
+            self._replays.pop(next(iter(self._replays)))
+        self._replays[key] = rec
 
     @property
     def nbytes(self) -> int:
@@ -235,6 +254,7 @@ class Workspace:
         self._buffers.clear()
         self._views.clear()
         self._fixed.clear()
+        self._replays.clear()
         self._host = None
         self.generation += 1
 

@@ -254,9 +254,9 @@ def test_copied_workspaces_record_afresh():
     x = rng.standard_normal((3, 2, 8)).astype(np.float32)
     for _ in range(2):
         gatecore.lstm(x, q, workspace=ws)
-    assert any(k[0] == "replay" for k in ws._fixed if isinstance(k, tuple))
+    assert ws._replays
     for w2 in (copy.copy(ws), copy.deepcopy(ws), pickle.loads(pickle.dumps(ws))):
-        assert not w2._fixed
+        assert not (w2._replays or w2._fixed or w2._buffers)
         x2 = rng.standard_normal((3, 2, 8)).astype(np.float32)
         for _ in range(2):
             y, _ = gatecore.lstm(x2, q, workspace=w2)
@@ -278,3 +278,64 @@ def test_recorded_while_one_thread_was_forced(monkeypatch):
     y2 = gatecore.lstm(x, q, workspace=ws)[0]
     assert calls[0] == (2 if gatecore.overlap.enabled() else 1)  # (one CPU: still one thread)
     np.testing.assert_allclose(y2, y1, rtol=1e-5, atol=1e-6)
+
+
+def test_replay_keys_are_strict_about_types():
+    """batch_first=1 or reset_after=1 equal True but are refused by the whole way: a record
+    made with True must not take them (found by a break-it sweep)."""
+    q = gatecore.prepare(gatecore.init_params("gru", 4, 5, seed=0))
+    ws = gatecore.Workspace()
+    x = np.ones((2, 3, 4), np.float32)
+    for _ in range(2):
+        gatecore.forward("gru", x, q, workspace=ws, training=False, batch_first=True)
+        gatecore.gru(x, q, workspace=ws, reset_after=True)
+    for bad in (1, 1.0, np.array(True), np.array([1, 0])):
+        with pytest.raises(TypeError, match="batch_first must be True or False"):
+            gatecore.forward("gru", x, q, workspace=ws, training=False, batch_first=bad)
+    for bad in (1, 1.0):
+        with pytest.raises(TypeError, match="reset_after must be True or False"):
+            gatecore.gru(x, q, workspace=ws, reset_after=bad)
+    y = gatecore.forward("gru", x, q, workspace=ws, training=False, batch_first=np.True_)[0]
+    _same(y, gatecore.forward("gru", x, q, training=False, batch_first=True)[0])
+
+
+def test_a_call_kept_on_one_thread_by_aliasing_is_not_replayed_for_others():
+    """x that is this workspace's y keeps a call off the two-thread overlapped path; a record
+    of it must not serve the next call with the same key and a fresh x (found by a break-it
+    sweep: last bits differed)."""
+    q = gatecore.prepare(gatecore.init_params("lstm", 128, 128, seed=0))
+    x = np.random.default_rng(1).standard_normal((1000, 1, 128)).astype(np.float32)
+    ref = gatecore.lstm(x, q, workspace=gatecore.Workspace())[0].copy()
+    ws = gatecore.Workspace()
+    y = gatecore.lstm(x, q, workspace=ws)[0]
+    gatecore.lstm(y, q, workspace=ws)  # x aliases y
+    _same(gatecore.lstm(x, q, workspace=ws)[0], ref)
+
+
+def test_records_let_their_parameters_go():
+    """A workspace keeps at most REPLAYS records, and none whose PreparedParams is gone (each
+    holds the arrays of its parameters: a server preparing weights per request kept up to 62
+    sets alive)."""
+    import gc
+    import weakref
+    from gatecore.workspace import REPLAYS
+    p = gatecore.init_params("lstm", 16, 16, seed=0)
+    ws = gatecore.Workspace()
+    x = np.ones((1, 1, 16), np.float32)
+    kept = []
+    for i in range(REPLAYS + 4):
+        q = gatecore.prepare(p)
+        kept.append(q)
+        for _ in range(2):
+            gatecore.lstm(x, q, workspace=ws)
+    assert len(ws._replays) == REPLAYS
+    refs = [weakref.ref(q) for q in kept]
+    del kept, q
+    gc.collect()
+    assert all(r() is None for r in refs)
+    assert not ws._replays
+    q = gatecore.prepare(p)
+    for _ in range(2):
+        y, _ = gatecore.lstm(x, q, workspace=ws)
+    assert len(ws._replays) == 1
+    _same(y, gatecore.lstm(x, p)[0])
