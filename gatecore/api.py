@@ -474,12 +474,15 @@ def _replay(cell, x, params, state0, batch_first, ws, cell_options):
         base = get_registry().get(cell)
     except Exception:  # noqa: BLE001 (the whole way raises it properly)
         return None
+    rec = ws._replays.get(key)
+    if (rec is None or rec.params() is not params or rec.base is not base
+            or (rec.solo and overlap_enabled())):
+        return None  # (base: the cell registered anew since; no lock taken: a call that is
+        # not recorded, bad input included, goes the whole way, which checks it first)
     ws._acquire()  # (WorkspaceBusyError: another thread's call is using it)
     try:
-        rec = ws._replays.get(key)
-        if (rec is None or rec.params() is not params or rec.base is not base
-                or (rec.solo and overlap_enabled())):
-            return None  # (base: the cell registered anew since)
+        if ws._replays.get(key) is not rec:  # (dropped meanwhile, by a call that ended)
+            return None
         return _run_replay(rec, ws, x, state0, batch_first)
     finally:
         ws._release()

@@ -194,11 +194,16 @@ def test_replay_refuses_what_the_whole_way_refuses():
         gatecore.lstm(x, q, h, h, workspace=ws, lengths=[1, 2, 3])
     y, _ = gatecore.lstm(x, q, h, h, workspace=ws, lengths=[1, 2, 2])  # (whole way)
     assert not y[1:, 0].any()
-    # a workspace in use elsewhere is refused by a replay too
+    # a workspace in use elsewhere is refused by a replay too; bad input on it still gets
+    # its own error first, as the whole way checks before taking the workspace
     ws._acquire()
     try:
         with pytest.raises(WorkspaceBusyError):
             gatecore.lstm(x, q, h, h, workspace=ws)
+        with pytest.raises(ShapeError, match="input_size"):
+            gatecore.lstm(x[..., :3], q, h, h, workspace=ws)
+        with pytest.raises(DTypeError):
+            gatecore.lstm(x.astype(np.float64), q, h, h, workspace=ws)
     finally:
         ws._release()
     done = []
