@@ -468,17 +468,15 @@ def _replay(cell, x, params, state0, batch_first, ws, cell_options):
     the same shapes and dtype, no lengths), or None. Everything the whole way would check
     was checked by the recorded call for arguments of these types, shapes and dtypes."""
     key = _replay_key(cell, x, params, state0, batch_first, cell_options, None)
-    if key is None:
-        return None
+    rec = ws._replays.get(key) if key is not None else None
+    if rec is None or rec.params() is not params or (rec.solo and overlap_enabled()):
+        return None  # (no lock taken: a call that is not recorded, bad input included,
+        # goes the whole way, which checks it first)
     try:
-        base = get_registry().get(cell)
+        if get_registry().get(cell) is not rec.base:  # (the cell registered anew since)
+            return None
     except Exception:  # noqa: BLE001 (the whole way raises it properly)
         return None
-    rec = ws._replays.get(key)
-    if (rec is None or rec.params() is not params or rec.base is not base
-            or (rec.solo and overlap_enabled())):
-        return None  # (base: the cell registered anew since; no lock taken: a call that is
-        # not recorded, bad input included, goes the whole way, which checks it first)
     ws._acquire()  # (WorkspaceBusyError: another thread's call is using it)
     try:
         if ws._replays.get(key) is not rec:  # (dropped meanwhile, by a call that ended)

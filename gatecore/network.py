@@ -50,22 +50,22 @@ class Replay:
     the initial states into ``state0``, before they run); ``y``, ``state_n``: the call's
     outputs (workspace views); ``quiet``: run under ``np.errstate(all="ignore")`` (a NumPy
     product among ``ops``). Only calls whose every layer took the one-thread own path and
-    read every parameter in place are recorded (``ok``); a workspace keeps a replay among
-    its memoized views (``Workspace.fixed``), so one that reallocates a buffer or is cleared
-    forgets it (``Workspace._remember_replay``: at most ``workspace.REPLAYS``, each with a
-    weak reference to its PreparedParams, ``params``). ``solo``: recorded while two threads
+    read every parameter in place are recorded (``ok``). A workspace keeps at most
+    ``workspace.REPLAYS`` of them (``Workspace._remember_replay``), each with a weak
+    reference to its PreparedParams (``params``), and forgets them all when it reallocates
+    a buffer or is cleared. ``solo``: recorded while two threads
     were not allowed (``overlap.enabled``); not replayed once they are.
     """
 
     __slots__ = ("ok", "ops", "quiet", "x0", "state0", "y", "state_n", "base", "params",
-                 "dtype", "unbatched", "key", "solo")
+                 "dtype", "unbatched", "solo")
 
     def __init__(self):
         self.ok = True
         self.ops = []
         self.quiet = False
         self.x0 = self.state0 = self.y = self.state_n = None
-        self.base = self.params = self.dtype = self.key = None
+        self.base = self.params = self.dtype = None
         self.unbatched = False
         self.solo = not overlap.enabled()  # (made on one thread only because two were
         # not allowed: not replayed once they are, when the whole way may take two)
@@ -787,6 +787,11 @@ def _usable_as_is(arr, dtype) -> bool:
     return arr.dtype == dtype and f.c_contiguous and f.aligned and f.writeable
 
 
+def _x0_buffer(ws, dtype, I):
+    """The workspace's copy of x [T, B, I] (``_stage_inputs``; a recorded call's, ``Replay``)."""
+    return ws.get("x0", dtype, lambda T_, B_: (T_, B_, I))
+
+
 def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, keep):
     """Stage x, the initial states and the parameters in the workspace (no allocation).
 
@@ -806,7 +811,7 @@ def _stage_inputs(spec, dims, layers, xa, states, lengths, padded, ws, dtype, ke
         # the first wrote y)
         x0 = xa
     else:
-        x0 = ws.get("x0", dtype, lambda T_, B_: (T_, B_, I))
+        x0 = _x0_buffer(ws, dtype, I)
         np.copyto(x0, xa)
     if padded and x0 is not xa:
         for b in np.nonzero(lengths < T)[0]:
@@ -914,7 +919,7 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                      for d, group in enumerate(per) for p, a in group.items())
         rec.x0, rec.state0 = x, state0
         if x is xa:  # x read in place: a replay copies its x into the workspace's x0
-            rec.x0 = ws.get("x0", dtype, lambda T_, B_, n=xa.shape[2]: (T_, B_, n))
+            rec.x0 = _x0_buffer(ws, dtype, xa.shape[2])
             swap[id(x)] = (x, rec.x0)  # (layer 0's input, as its 2-D view below)
 
     def swapped(a):
