@@ -709,6 +709,45 @@ def _packed_input_product(in2d, wihp, gx2d, tile):
                   kpacked.AFLOATS)
 
 
+def _item_team_forward(mod, T, step_macs, jit, flags, in2d, wihp, binit, cargs, rows_1,
+                       wargs):
+    """A layer and direction's forward as two halves of the batch on a team
+    (``forward_item_team``, see ``item_team_cell``): ``cargs`` the caller's arguments from gx
+    on (``targs``), ``rows_1`` the worker's scratch, gate-major scratches and ``jit``,
+    ``wargs`` the worker's arguments after its head. Every argument but ``in2d`` (x's 2-D
+    view at layer 0) is a workspace view or a prepared array (run again by a ``Replay``)."""
+    head = (flags, in2d, wihp, binit)
+    seq = [1]  # (the first call's jobs: 1, the input product (not jit), and 2)
+
+    def run(k0, k1):
+        mod.forward_item_team(k0, k1, seq[0], *head, *cargs, *rows_1, overlap.go_hand())
+        seq[0] += 2 if seq[0] == 1 and not jit else 1
+    overlap.run_team(mod.item_team_worker, (*head, *wargs), flags,
+                     _team_loop(run, T, step_macs, False, ITEM_TEAM_CHUNK), go=True)
+
+
+def _team_forward(mod, T, step_macs, flags, cargs, wargs):
+    """A layer and direction's time loop on the unit-split team (``forward_team``; the
+    input product done, ``_team_input_product``): ``cargs``/``wargs`` the caller's and
+    the worker's arguments from gx on (``targs``)."""
+    overlap.run_team(
+        mod.team_forward_worker, (flags, *wargs), flags,
+        _team_loop(lambda k0, k1: mod.forward_team(k0, k1, flags, *cargs, overlap.go_hand()),
+                   T, step_macs, False), go=True)
+
+
+def _items_forward(mod, T, B, in2d, wihp, args, args1):
+    """A layer and direction's forward as two halves of the batch on two threads, input
+    products included (``forward_items``): ``args``/``args1`` forward_dir's arguments with
+    the caller's and the worker's scratch rows and tiles (``fargs``)."""
+    bh = B // 2
+    a0 = (in2d, wihp, *args, 0, T, False, 0, bh)
+    a1 = (0, 0, in2d, wihp, *args1, 0, T, False, bh, B)  # (no hand, no job: the worker's
+    # half says no go and waits for nobody)
+    overlap.run_pair(lambda: mod.forward_items(overlap.go_hand(), overlap.job_state(), *a0),
+                     lambda: mod.forward_items(*a1), go=True)
+
+
 def _overlapped_forward(mod, args, T, B, reverse, in2d, wihc, gx2d, wihp, tiles):
     """forward_dir over all steps, the input product of later chunks on the worker (over
     ``wihp``, W_ih packed, when not None; else ``wihc``, W_ih^T, by ``_mm``).
@@ -977,10 +1016,10 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                  and T * B * GH * in2d.shape[1] >= OVERLAP_MACS
                  and overlap_pays(B, GH, Hr, H, in2d.shape[1]) and overlap.enabled())
         pipe = pipe_ and not alias
-        if rec is not None and (team or iteam or items_ or pipe_ or ext):
-            rec.ok = False  # (two threads, or steps in Python: not replayed; nor a call
-            # kept off two threads only because its x is this workspace's y: the next call
-            # with the same key may not be)
+        if rec is not None and (ext or (alias and (iteam or items_ or pipe_))):
+            rec.ok = False  # (steps in Python: not replayed; nor a call whose path x's
+            # aliasing this workspace's y decided (two threads or one, step-by-step input
+            # products or not): the next call with the same key may not alias)
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""
@@ -997,10 +1036,10 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 binit = bih
                 if mod.FUSE:
                     binit = views["binit"]
-                    np.add(bih, bhh, out=binit)
+                    do(np.add, bih, bhh, binit)
                 wihp, wp = _team_packs(pk, group, ws, dtype, G1, H)
                 if not iteam:  # (forward_item_team's first job)
-                    _team_input_product(wihp, in2d, gx2d, flags, tiles, binit)
+                    do(_team_input_product, wihp, in2d, gx2d, flags, tiles, binit)
             elif T * B:  # W_ih^T stored: OpenBLAS's NN product beats a transposed view
                 wih = group["weight_ih"]  # (6400x125 @ 125x1280: 22 against 29 ms)
                 small = own and T * B * GH * in2d.shape[1] < OWN_PACKED_INPUT_MACS
@@ -1082,38 +1121,20 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                     np.matmul(hp[s_ if keep else s_ % 2], w1c, out=gh1)
                     mod.forward_dir(*args, s_, s_ + 1, True, 0, B)
             elif iteam:  # two halves of the batch on a team (see item_team_cell)
-                head = (flags, in2d, wihp, binit)
                 jit = bool(mod.FUSE and gx.nbytes > ITEM_JIT_BYTES and not alias
                            and GH * in2d.shape[1] * gx.itemsize <= ITEM_JIT_MAX_WIH)
                 gm = _gm_scratch(ws, dtype, spec, H, B, mod.FUSE and not keep and not jit)
-                rows_1 = (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1], *gm, jit)
-                seq = [1]  # (the first call's jobs: 1, the input product (not jit), and 2)
-
-                def run(k0, k1):
-                    mod.forward_item_team(k0, k1, seq[0], *head, *targs(rows, tiles[0]),
-                                          *rows_1, overlap.go_hand())
-                    seq[0] += 2 if seq[0] == 1 and not jit else 1
-                overlap.run_team(
-                    mod.item_team_worker, (*head, *targs(rows1, tiles[1]), gm[1], jit), flags,
-                    _team_loop(run, T, _step_macs(spec, dims, B), False, ITEM_TEAM_CHUNK),
-                    go=True)
+                do(_item_team_forward, mod, T, _step_macs(spec, dims, B), jit, flags, in2d,
+                   wihp, binit, targs(rows, tiles[0]),
+                   (*(rows1[n] for n in _TEAM_FWD_ROWS), tiles[1], *gm, jit),
+                   (*targs(rows1, tiles[1]), gm[1], jit))
             elif team:
-                overlap.run_team(
-                    mod.team_forward_worker, (flags, *targs(rows1, tiles[1])), flags,
-                    _team_loop(lambda k0, k1: mod.forward_team(k0, k1, flags,
-                                                               *targs(rows, tiles[0]),
-                                                               overlap.go_hand()),
-                               T, _step_macs(spec, dims, B), False), go=True)
+                do(_team_forward, mod, T, _step_macs(spec, dims, B), flags,
+                   targs(rows, tiles[0]), targs(rows1, tiles[1]))
             elif items:  # two halves of the batch, input products included, on two threads
-                bh = B // 2
-                a0 = (in2d, wihp, *args, 0, T, False, 0, bh)
-                a1 = (0, 0, in2d, wihp, *fargs(rows1, tiles[1]), 0, T, False, bh, B)  # (no
-                # hand, no job: the worker's half says no go and waits for nobody)
-                overlap.run_pair(lambda: mod.forward_items(overlap.go_hand(),
-                                                           overlap.job_state(), *a0),
-                                 lambda: mod.forward_items(*a1), go=True)
+                do(_items_forward, mod, T, B, in2d, wihp, args, fargs(rows1, tiles[1]))
             elif pipe:
-                _overlapped_forward(mod, args, T, B, bool(d), in2d, wihc, gx2d, wihp, tiles)
+                do(_overlapped_forward, mod, args, T, B, bool(d), in2d, wihc, gx2d, wihp, tiles)
             else:
                 do(mod.forward_dir, *args, 0, T, False, 0, B)
             last = T if keep else T % 2

@@ -233,18 +233,57 @@ def test_replay_with_x_an_earlier_output_and_int_x(monkeypatch):
     _same(yi, gatecore.gru(xi.astype(np.float32), p)[0])
 
 
-def test_two_thread_calls_are_not_recorded(monkeypatch):
-    """Calls on two threads (here the halves of a batch of 8) go the whole way every time."""
-    p = gatecore.init_params("lstm", 64, 64, seed=6)
+TWO_THREAD_CASES = [
+    # (cell, options, T, B, I, H, the recorded function that runs the layer's time loop
+    # where float32 packed products are usable (AVX2 and FMA))
+    ("lstm", {}, 100, 8, 64, 64, "_item_team_forward"),  # halves of the batch on a team
+    ("gru", {}, 100, 9, 32, 64, "_item_team_forward"),  # (an odd batch)
+    ("lstm", {}, 600, 8, 256, 64, "_item_team_forward"),  # (step-by-step input products)
+    ("lstm", {}, 20, 4, 32, 256, "_team_forward"),  # the unit-split team
+    ("gru", {"reset_after": False}, 100, 8, 64, 64, "_items_forward"),  # halves, no team
+    ("lstm", {}, 600, 1, 128, 128, "_overlapped_forward"),  # input product on the worker
+]
+
+
+@pytest.mark.parametrize("cell,opts,T,B,I,H,path", TWO_THREAD_CASES)
+def test_two_thread_calls_are_replayed(monkeypatch, cell, opts, T, B, I, H, path):
+    """Calls on two threads are recorded and replayed too: bit for bit the whole way's, on
+    two threads, on one (GATECORE_OVERLAP=0 after recording: the caller runs both halves)
+    and with another call's work on the same buffers in between."""
+    p = gatecore.init_params(cell, I, H, num_layers=2, seed=6)
     q = gatecore.prepare(p)
     ws = gatecore.Workspace()
-    x = np.random.default_rng(7).standard_normal((100, 8, 64)).astype(np.float32)
+    rng = np.random.default_rng(7)
+    x2 = rng.standard_normal((T // 2, B, I)).astype(np.float32)
+    gatecore.forward(cell, x2, q, workspace=ws, training=False, **opts)  # (its buffers: a
+    # buffer allocated later would drop the records)
     calls = _count_whole_way(monkeypatch)
-    for _ in range(3):
-        y, _ = gatecore.lstm(x, q, workspace=ws)
-        _same(y, gatecore.lstm(x, q, workspace=gatecore.Workspace())[0])
-    expect = 6 if gatecore.kernels.packed.usable(np.dtype(np.float32)) else 4
-    assert calls[0] == expect
+    packed = gatecore.kernels.packed.usable(np.dtype(np.float32))
+    for step in range(5):
+        if step == 3:
+            monkeypatch.setenv("GATECORE_OVERLAP", "0")
+        x = rng.standard_normal((T, B, I)).astype(np.float32)
+        h0 = rng.standard_normal((2, B, H)).astype(np.float32)
+        y, s, _ = gatecore.forward(cell, x, q, (h0,) + (None,) * (cell == "lstm"),
+                                   workspace=ws, training=False, **opts)
+        y, s = y.copy(), [a.copy() for a in s]
+        monkeypatch.delenv("GATECORE_OVERLAP", raising=False)
+        before = calls[0]
+        y_ref, s_ref, _ = gatecore.forward(cell, x, q, (h0,) + (None,) * (cell == "lstm"),
+                                           workspace=gatecore.Workspace(), training=False,
+                                           **opts)
+        _same(y, y_ref)
+        for a, b in zip(s, s_ref):
+            _same(a, b)
+        calls[0] = before
+        if step == 1:  # another call's work on the same buffers between two replays
+            gatecore.forward(cell, x2, q, workspace=ws, training=False, **opts)
+            calls[0] = before
+    assert calls[0] == 1  # (recorded at the first call, replayed at the others)
+    (rec,) = [r for k, r in ws._replays.items() if k[3] == (T, B, I)]
+    names = [getattr(fn, "__name__", "") for fn, _ in rec.ops]
+    if packed and gatecore.overlap.enabled():
+        assert path in names
 
 
 def test_copied_workspaces_record_afresh():
