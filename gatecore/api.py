@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import DTypeError, ShapeError
-from .network import Replay, Tape, run_backward, run_forward
+from .network import Replay, Tape, _usable_as_is, run_backward, run_forward
 from .overlap import enabled as overlap_enabled
 from .params import Dims, PreparedParams, _short_repr, init_params_for_spec, parse_params
 from .registry.manager import get_registry
@@ -472,6 +472,17 @@ def _replay(cell, x, params, state0, batch_first, ws, cell_options):
     if rec is None or rec.params() is not params or (rec.solo and overlap_enabled()):
         return None  # (no lock taken: a call that is not recorded, bad input included,
         # goes the whole way, which checks it first)
+    if rec.unbatched:
+        xa = x[:, None, :]
+    elif batch_first:
+        xa = x.transpose(1, 0, 2)
+    else:
+        xa = x
+    inplace = rec.inplace and _usable_as_is(xa, rec.dtype)  # (as the whole way would)
+    if inplace and np.may_share_memory(xa, rec.y0):  # x is this workspace's y
+        if rec.alias_path:
+            return None  # (the whole way would take another path: its bits)
+        inplace = False  # (copied: the recorded work may write y before reading all of x)
     try:
         if get_registry().get(cell) is not rec.base:  # (the cell registered anew since)
             return None
@@ -481,26 +492,30 @@ def _replay(cell, x, params, state0, batch_first, ws, cell_options):
     try:
         if ws._replays.get(key) is not rec:  # (dropped meanwhile, by a call that ended)
             return None
-        return _run_replay(rec, ws, x, state0, batch_first)
+        return _run_replay(rec, ws, xa, inplace, state0, batch_first)
     finally:
         ws._release()
 
 
-def _run_replay(rec, ws, x, state0, batch_first):
-    """_replay's work on the acquired workspace."""
-    if rec.unbatched:
-        xa = x[:, None, :]
-    elif batch_first:
-        xa = x.transpose(1, 0, 2)
-    else:
-        xa = x
+def _run_replay(rec, ws, xa, inplace, state0, batch_first):
+    """_replay's work on the acquired workspace: x (time-major view ``xa``) read in place
+    where the recorded call read its x so (``inplace``), else copied into ``rec.x0``."""
     T, B = xa.shape[0], xa.shape[1]
     if state0 is None:
         state0 = (None,) * len(rec.state0)
     elif type(state0) is np.ndarray:
         state0 = (state0,)
     ws._begin(T, B)
-    np.copyto(rec.x0, xa)
+    ops = rec.ops
+    if inplace and rec.xslots:
+        ops = list(ops)
+        for i, at, buf in rec.xslots:
+            fn, args = ops[i]
+            args = list(args)
+            args[at] = xa if buf.ndim == 3 else xa.reshape(buf.shape)
+            ops[i] = (fn, tuple(args))
+    else:
+        np.copyto(rec.x0, xa)
     for buf, v in zip(rec.state0, state0):
         if v is None:
             buf.fill(0)
@@ -508,10 +523,10 @@ def _run_replay(rec, ws, x, state0, batch_first):
             np.copyto(buf, v.reshape(buf.shape))
     if rec.quiet:
         with np.errstate(all="ignore"):
-            for fn, args in rec.ops:
+            for fn, args in ops:
                 fn(*args)
     else:
-        for fn, args in rec.ops:
+        for fn, args in ops:
             fn(*args)
     return (_out_y(ws, rec.y.view(), rec.dtype, batch_first, rec.unbatched),
             _out_state(tuple(s.view() for s in rec.state_n), rec.unbatched), None)

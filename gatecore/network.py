@@ -45,12 +45,16 @@ class Replay:
     checks, path decisions, views and argument lists that it repeats (``api._replay``:
     about 85 against 30 us at T=1 with prepared parameters).
 
-    ``ops``: the calls ``(fn, args)`` in order, kernels, products and state copies, whose
-    arguments are workspace views and prepared parameters only (x is copied into ``x0``,
-    the initial states into ``state0``, before they run); ``y``, ``state_n``: the call's
-    outputs (workspace views); ``quiet``: run under ``np.errstate(all="ignore")`` (a NumPy
-    product among ``ops``). Only calls whose every layer took the one-thread own path and
-    read every parameter in place are recorded (``ok``). A workspace keeps at most
+    ``ops``: the calls ``(fn, args)`` in order, kernels, products, the time loops of the
+    two-thread paths (``_item_team_forward`` and its like) and state copies, whose
+    arguments are workspace views and prepared parameters only (the initial states are
+    copied into ``state0`` before they run; x into ``x0``, or, where the whole way would read
+    it in place, ``inplace``, it takes the places ``xslots`` of ``x0`` and its 2-D view in
+    ``ops``); ``y``, ``state_n``: the call's outputs (workspace views); ``y0``: layer 0's y,
+    and ``alias_path``: layer 0's path depends on whether x overlaps it (such an x goes the
+    whole way); ``quiet``: run under ``np.errstate(all="ignore")`` (a NumPy product among
+    ``ops``). Only calls that read every parameter in place and whose path x's overlap
+    with y did not decide are recorded (``ok``). A workspace keeps at most
     ``workspace.REPLAYS`` of them (``Workspace._remember_replay``), each with a weak
     reference to its PreparedParams (``params``), and forgets them all when it reallocates
     a buffer or is cleared. ``solo``: recorded while two threads
@@ -58,13 +62,17 @@ class Replay:
     """
 
     __slots__ = ("ok", "ops", "quiet", "x0", "state0", "y", "state_n", "base", "params",
-                 "dtype", "unbatched", "solo")
+                 "dtype", "unbatched", "solo", "xslots", "inplace", "y0", "alias_path")
 
     def __init__(self):
         self.ok = True
         self.ops = []
         self.quiet = False
-        self.x0 = self.state0 = self.y = self.state_n = None
+        self.x0 = self.state0 = self.y = self.state_n = self.y0 = None
+        self.xslots = []  # (op, argument, x0 or its 2-D view) where the call read x in place
+        self.inplace = False  # (inference with one direction: x of the right kind is read
+        # in place, _stage_inputs)
+        self.alias_path = False  # (layer 0's path would differ for an x overlapping its y)
         self.base = self.params = self.dtype = None
         self.unbatched = False
         self.solo = not overlap.enabled()  # (made on one thread only because two were
@@ -957,17 +965,22 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         rec.ok = all(a is given[k][d][p] for k, per in enumerate(layers)
                      for d, group in enumerate(per) for p, a in group.items())
         rec.x0, rec.state0 = x, state0
-        if x is xa:  # x read in place: a replay copies its x into the workspace's x0
-            rec.x0 = _x0_buffer(ws, dtype, xa.shape[2])
+        rec.inplace = dims.num_directions == 1
+        if x is xa:  # x read in place: recorded as the workspace's x0, where a replay puts
+            rec.x0 = _x0_buffer(ws, dtype, xa.shape[2])  # its own x (or a copy of it)
             swap[id(x)] = (x, rec.x0)  # (layer 0's input, as its 2-D view below)
 
-    def swapped(a):
+    def swapped(a, at):
         hit = swap.get(id(a))
-        return hit[1] if hit is not None and hit[0] is a else a
+        if hit is None or hit[0] is not a:
+            return a
+        rec.xslots.append((len(rec.ops), at, hit[1]))
+        return hit[1]
 
     def do(fn, *args):  # (run, and record for replay)
         if rec is not None and rec.ok:
-            rec.ops.append((fn, tuple(swapped(a) for a in args) if swap else args))
+            rec.ops.append((fn, tuple(swapped(a, i) for i, a in enumerate(args)) if swap
+                            else args))
         return fn(*args)
 
     views = _forward_views(ws, dtype, spec, dims, T, B, keep,
@@ -1020,6 +1033,9 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
             rec.ok = False  # (steps in Python: not replayed; nor a call whose path x's
             # aliasing this workspace's y decided (two threads or one, step-by-step input
             # products or not): the next call with the same key may not alias)
+        if rec is not None and k == 0:
+            rec.y0 = y
+            rec.alias_path = bool(iteam or items_ or pipe_)
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""

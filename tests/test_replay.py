@@ -383,3 +383,45 @@ def test_records_let_their_parameters_go():
         y, _ = gatecore.lstm(x, q, workspace=ws)
     assert len(ws._replays) == 1
     _same(y, gatecore.lstm(x, p)[0])
+
+
+def _whole_way(monkeypatch, fn):
+    """fn() with replay turned off (every call goes the whole way)."""
+    with monkeypatch.context() as m:
+        m.setattr(api, "_replay", lambda *a, **k: None)
+        return fn()
+
+
+@pytest.mark.parametrize("T,B", [(600, 1), (3, 2)])  # (overlapped input product; one thread)
+def test_replay_reads_x_in_place_as_the_whole_way(monkeypatch, T, B):
+    """A replay reads x in place where the whole way would (one direction, C-contiguous,
+    aligned, writeable, the right dtype) and copies it otherwise; an x that overlaps this
+    workspace's y goes the whole way when that decides layer 0's path (two threads or
+    one), else it is copied first. The record never keeps the caller's x."""
+    q = gatecore.prepare(gatecore.init_params("lstm", 128, 128, seed=3))
+    rng = np.random.default_rng(4)
+    ws = gatecore.Workspace()
+    calls = _count_whole_way(monkeypatch)
+    x = rng.standard_normal((T, B, 128)).astype(np.float32)
+    gatecore.lstm(x, q, workspace=ws)
+    (rec,) = ws._replays.values()
+    assert rec.inplace and rec.xslots
+    ro = x.copy()
+    ro.flags.writeable = False
+    for xi in (rng.standard_normal((T, B, 128)).astype(np.float32), ro,
+               np.asfortranarray(x)):
+        y = gatecore.lstm(xi, q, workspace=ws)[0]
+        assert calls[0] == 1
+        _same(y, gatecore.lstm(np.array(xi), q, workspace=gatecore.Workspace())[0])
+        calls[0] = 1
+        assert not any(a is xi for _, args in rec.ops for a in args)
+    # x is this workspace's y (I = H): the whole way reads it in place and, where that keeps
+    # the call off the second thread, takes another path; the reference does the same
+    ws2 = gatecore.Workspace()
+    y = gatecore.lstm(x, q, workspace=ws)[0]
+    assert calls[0] == 1
+    out = gatecore.lstm(y, q, workspace=ws)[0].copy()
+    assert calls[0] == (2 if rec.alias_path else 1)
+    y2 = _whole_way(monkeypatch, lambda: gatecore.lstm(x, q, workspace=ws2)[0])
+    _same(out, _whole_way(monkeypatch, lambda: gatecore.lstm(y2, q, workspace=ws2)[0]))
+    assert rec.alias_path == (T == 600 and gatecore.overlap.enabled())
