@@ -367,9 +367,9 @@ def forward(cell, x, params: Mapping, state0=None, *, lengths=None, batch_first:
     An inference call with :func:`prepare`'d parameters and a ``workspace`` that repeats an
     earlier one on that workspace (same ``cell`` and options, the same ``PreparedParams``
     object, ``x`` and states NumPy arrays of the same shapes and dtype, no ``lengths``,
-    ``batch_first`` alike) and whose earlier call ran on one thread replays that call's
-    recorded work (``gatecore.network.Replay``): the same bits without redoing the checks
-    and set-up (T=1 streaming: about a third of the time).
+    ``batch_first`` alike) replays that call's recorded work (``gatecore.network.Replay``,
+    on one thread or two as that call did): the same bits without redoing the checks and
+    set-up (T=1 streaming: about a third of the time).
 
     Examples
     --------
