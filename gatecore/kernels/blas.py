@@ -86,9 +86,11 @@ def _numpy_openblas():
         found = False
         try:
             from threadpoolctl import ThreadpoolController
-            np_dir = os.path.dirname(os.path.dirname(np.__file__))
+            # (real paths: a virtual environment reached through a symbolic link has
+            # NumPy's module under the link and its loaded library under the target)
+            np_dir = os.path.realpath(os.path.dirname(os.path.dirname(np.__file__)))
             for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-                path = os.path.normcase(lib.filepath or "")
+                path = os.path.normcase(os.path.realpath(lib.filepath or ""))
                 if path.startswith(os.path.normcase(os.path.join(np_dir, "numpy"))):
                     found = lib
                     break
