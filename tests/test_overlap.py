@@ -667,7 +667,8 @@ def test_halves_with_input_products_step_by_step_match_one_product(cell, trainin
     monkeypatch.setattr(network, "cpu_kernels", kernels)
     runs = []
     with products_path("team" if training else "iteam"):
-        monkeypatch.setattr(network, "ITEM_TEAM_MIN_BATCH", 2)
+        network.ITEM_TEAM_MIN_BATCH = 2  # (products_path restores it; monkeypatch
+        # would put back products_path's value after that)
         for limit in (1 << 62, 0):
             monkeypatch.setattr(network, "ITEM_JIT_BYTES", limit)
             jits.clear()
@@ -699,7 +700,8 @@ def test_training_forward_as_halves_of_the_batch_keeps_the_team_tape(cell, rng, 
     for halves in (False, True):
         with products_path("team"):
             if halves:
-                monkeypatch.setattr(network, "ITEM_TEAM_MIN_BATCH", 2)
+                network.ITEM_TEAM_MIN_BATCH = 2  # (products_path restores it; monkeypatch
+                # would put back products_path's value after that)
             taken = []
             monkeypatch.setattr(network, "item_team_cell",
                                 lambda *a: taken.append(orig(*a)) or taken[-1])
