@@ -469,9 +469,13 @@ def _replay(cell, x, params, state0, batch_first, ws, cell_options):
     was checked by the recorded call for arguments of these types, shapes and dtypes."""
     key = _replay_key(cell, x, params, state0, batch_first, cell_options, None)
     rec = ws._replays.get(key) if key is not None else None
-    if rec is None or rec.params() is not params or (rec.solo and overlap_enabled()):
+    if rec is None or rec.params() is not params:
         return None  # (no lock taken: a call that is not recorded, bad input included,
         # goes the whole way, which checks it first)
+    if rec.solo or rec.threaded:  # (the whole way's path may depend on two threads being
+        on = overlap_enabled()    # allowed: GATECORE_OVERLAP, OMP_NUM_THREADS, the CPUs)
+        if on if rec.solo else not on:
+            return None
     if rec.unbatched:
         xa = x[:, None, :]
     elif batch_first:

@@ -58,11 +58,14 @@ class Replay:
     ``workspace.REPLAYS`` of them (``Workspace._remember_replay``), each with a weak
     reference to its PreparedParams (``params``), and forgets them all when it reallocates
     a buffer or is cleared. ``solo``: recorded while two threads
-    were not allowed (``overlap.enabled``); not replayed once they are.
+    were not allowed (``overlap.enabled``); not replayed once they are. ``threaded``: a
+    layer took a two-thread path (its choice may depend on ``overlap.enabled``); not
+    replayed while two threads are not allowed.
     """
 
     __slots__ = ("ok", "ops", "quiet", "x0", "state0", "y", "state_n", "base", "params",
-                 "dtype", "unbatched", "solo", "xslots", "inplace", "y0", "alias_path")
+                 "dtype", "unbatched", "solo", "threaded", "xslots", "inplace", "y0",
+                 "alias_path")
 
     def __init__(self):
         self.ok = True
@@ -77,6 +80,8 @@ class Replay:
         self.unbatched = False
         self.solo = not overlap.enabled()  # (made on one thread only because two were
         # not allowed: not replayed once they are, when the whole way may take two)
+        self.threaded = False  # (a layer took a two-thread path: not replayed once two
+        # threads are not allowed, when the whole way may take another path, other bits)
 
 
 @dataclasses.dataclass
@@ -1036,6 +1041,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
         if rec is not None and k == 0:
             rec.y0 = y
             rec.alias_path = bool(iteam or items_ or pipe_)
+        if rec is not None and (team or iteam or items or pipe):
+            rec.threaded = True
         for d in range(D):
             group = layers[k][d]
             tag = f"{k}_{d}" if keep else ""
@@ -1053,6 +1060,8 @@ def run_forward(spec: CellSpec, dims: Dims, layers, xa, states, lengths, padded,
                 if mod.FUSE:
                     binit = views["binit"]
                     do(np.add, bih, bhh, binit)
+                    if rec is not None:
+                        rec.quiet = True  # (an overflowing sum warns: not in a replay either)
                 wihp, wp = _team_packs(pk, group, ws, dtype, G1, H)
                 if not iteam:  # (forward_item_team's first job)
                     do(_team_input_product, wihp, in2d, gx2d, flags, tiles, binit)

@@ -247,9 +247,12 @@ TWO_THREAD_CASES = [
 
 @pytest.mark.parametrize("cell,opts,T,B,I,H,path", TWO_THREAD_CASES)
 def test_two_thread_calls_are_replayed(monkeypatch, cell, opts, T, B, I, H, path):
-    """Calls on two threads are recorded and replayed too: bit for bit the whole way's, on
-    two threads, on one (GATECORE_OVERLAP=0 after recording: the caller runs both halves)
-    and with another call's work on the same buffers in between."""
+    """Calls on two threads are recorded and replayed too: bit for bit the whole way's,
+    also with another call's work on the same buffers in between. Once two threads are not
+    allowed (GATECORE_OVERLAP=0), where the whole way may take a one-thread path with other
+    bits, such a record is not replayed (found by a break-it sweep: the halves of a batch
+    without a team, the overlapped input product and the one-item team differed in the last
+    bits); the whole way's record made then is not replayed once they are allowed again."""
     p = gatecore.init_params(cell, I, H, num_layers=2, seed=6)
     q = gatecore.prepare(p)
     ws = gatecore.Workspace()
@@ -259,15 +262,16 @@ def test_two_thread_calls_are_replayed(monkeypatch, cell, opts, T, B, I, H, path
     # buffer allocated later would drop the records)
     calls = _count_whole_way(monkeypatch)
     packed = gatecore.kernels.packed.usable(np.dtype(np.float32))
-    for step in range(5):
+    for step in range(6):
         if step == 3:
             monkeypatch.setenv("GATECORE_OVERLAP", "0")
+        if step == 4:
+            monkeypatch.delenv("GATECORE_OVERLAP")
         x = rng.standard_normal((T, B, I)).astype(np.float32)
         h0 = rng.standard_normal((2, B, H)).astype(np.float32)
         y, s, _ = gatecore.forward(cell, x, q, (h0,) + (None,) * (cell == "lstm"),
                                    workspace=ws, training=False, **opts)
         y, s = y.copy(), [a.copy() for a in s]
-        monkeypatch.delenv("GATECORE_OVERLAP", raising=False)
         before = calls[0]
         y_ref, s_ref, _ = gatecore.forward(cell, x, q, (h0,) + (None,) * (cell == "lstm"),
                                            workspace=gatecore.Workspace(), training=False,
@@ -279,11 +283,32 @@ def test_two_thread_calls_are_replayed(monkeypatch, cell, opts, T, B, I, H, path
         if step == 1:  # another call's work on the same buffers between two replays
             gatecore.forward(cell, x2, q, workspace=ws, training=False, **opts)
             calls[0] = before
-    assert calls[0] == 1  # (recorded at the first call, replayed at the others)
     (rec,) = [r for k, r in ws._replays.items() if k[3] == (T, B, I)]
+    if rec.threaded:  # (recorded at the first call, at step 3 and at step 4)
+        assert calls[0] == 3
+    else:  # (one thread: no packed products on this CPU, or one CPU)
+        assert calls[0] == 1 + (not gatecore.overlap.enabled())
     names = [getattr(fn, "__name__", "") for fn, _ in rec.ops]
     if packed and gatecore.overlap.enabled():
-        assert path in names
+        assert rec.threaded and path in names
+
+
+@pytest.mark.parametrize("bias", [3e38, np.inf])
+def test_replay_is_as_quiet_as_the_whole_way(bias):
+    """b_ih + b_hh overflowing (or inf - inf) warns in neither the whole way nor a replay
+    (the sum is recorded on the team paths), also under np.seterr(all="raise")."""
+    import warnings
+    for T, B, H in ((100, 8, 64), (20, 4, 256)):
+        p = gatecore.init_params("lstm", H, H, seed=1)
+        p["bias_ih_l0"][:] = bias
+        p["bias_hh_l0"][:] = bias if bias != np.inf else -np.inf
+        q = gatecore.prepare(p)
+        ws = gatecore.Workspace()
+        x = np.ones((T, B, H), np.float32)
+        with warnings.catch_warnings(), np.errstate(all="raise"):
+            warnings.simplefilter("error")
+            for _ in range(3):
+                gatecore.lstm(x, q, workspace=ws)
 
 
 def test_copied_workspaces_record_afresh():

@@ -90,7 +90,7 @@ def _numpy_openblas():
             # NumPy's module under the link and its loaded library under the target)
             np_dir = os.path.realpath(os.path.dirname(os.path.dirname(np.__file__)))
             for lib in ThreadpoolController().select(internal_api="openblas").lib_controllers:
-                path = os.path.normcase(os.path.realpath(lib.filepath or ""))
+                path = os.path.normcase(os.path.realpath(lib.filepath)) if lib.filepath else ""
                 if path.startswith(os.path.normcase(os.path.join(np_dir, "numpy"))):
                     found = lib
                     break
