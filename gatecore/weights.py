@@ -119,7 +119,7 @@ def _gru_option(cell: str, reset_after) -> bool:
 def _suffix(layer: int, reverse: bool) -> str:
     if not isinstance(layer, (int, np.integer)) or isinstance(layer, bool) or layer < 0:
         raise ValueError(f"layer must be a non-negative int, got {layer!r}")
-    return f"_l{layer}" + ("_reverse" if reverse else "")
+    return f"_l{layer}" + ("_reverse" if _flag("reverse", reverse) else "")
 
 
 _ONNX_DEFAULT_ACTIVATIONS = {"lstm": ("sigmoid", "tanh", "tanh"), "gru": ("sigmoid", "tanh")}
@@ -140,14 +140,20 @@ def _onnx_attributes(cell, layout, attributes, D):
                                  "supported: gatecore's cells are PyTorch's, which do not clip")
         elif name == "input_forget":
             if value not in (0, False, None):
+                if value not in (1, True):
+                    raise ValueError(f"the ONNX attribute input_forget must be 0 or 1, got "
+                                     f"{value!r}")
                 raise ValueError("the ONNX attribute input_forget=1 (coupled input and forget "
                                  "gates) is not supported by gatecore's LSTM; a CIFG cell is "
                                  "a plugin (see README, 'Writing a cell plugin')")
         elif name == "activations":
             if isinstance(value, (str, bytes)):
                 value = [value]
+            if value is not None and not isinstance(value, (list, tuple, np.ndarray)):
+                raise TypeError(f"the ONNX attribute activations must be a list of names, got "
+                                f"{value!r}")
             names = tuple((v.decode() if isinstance(v, bytes) else str(v)).lower()
-                          for v in (value or ()))
+                          for v in (value if value is not None else ()))
             base = _ONNX_DEFAULT_ACTIVATIONS[cell]
             if names and names != base * D:
                 if names in (base, base * 2):
@@ -156,7 +162,7 @@ def _onnx_attributes(cell, layout, attributes, D):
                 raise ValueError(f"the ONNX attribute activations={list(names)} is not supported: "
                                  f"gatecore's {cell.upper()} uses ONNX's defaults {list(base)}")
         elif name in ("activation_alpha", "activation_beta"):
-            if value is not None and len(value):
+            if value is not None and (np.ndim(value) == 0 or len(value)):
                 raise ValueError(f"the ONNX attribute {name}={value!r} is not supported "
                                  "(gatecore's activations take no parameters)")
         elif name == "P":
@@ -243,6 +249,7 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     """
     cell = _cell(op_type)
     G = _GATES[cell]
+    given = {n: getattr(a, "dtype", None) for n, a in (("W", W), ("R", R), ("B", B))}
     W = _float("W", W)
     R = _float("R", R)
     if W.ndim != 3:
@@ -260,13 +267,15 @@ def from_onnx(op_type, W, R, B=None, *, linear_before_reset: int = 0,
     _shape("R", R, (D, GH, H), f"[num_directions, G*hidden_size, hidden_size], hidden_size {H} "
            f"from W's {GH} rows / {G} {cell.upper()} gates (is op_type {op_type!r} right?)")
     if R.dtype != W.dtype:
-        raise DTypeError(f"R has dtype {R.dtype} but W has {W.dtype}; give all arrays one dtype")
+        raise DTypeError(f"R has dtype {given['R'] or R.dtype} but W has {given['W'] or W.dtype} "
+                         f"(converted: {R.dtype} and {W.dtype}); give all arrays one float dtype")
     if B is None:
         B = np.zeros((D, 2 * GH), W.dtype)
     B = _float("B", B)
     _shape("B", B, (D, 2 * GH), "[num_directions, 2*G*hidden_size] (Wb then Rb)")
     if B.dtype != W.dtype:
-        raise DTypeError(f"B has dtype {B.dtype} but W has {W.dtype}; give all arrays one dtype")
+        raise DTypeError(f"B has dtype {given['B'] or B.dtype} but W has {given['W'] or W.dtype} "
+                         f"(converted: {B.dtype} and {W.dtype}); give all arrays one float dtype")
     want = "forward" if D == 1 else "bidirectional"
     if isinstance(direction, bytes):  # as onnx.helper.get_attribute_value returns it
         direction = direction.decode()
@@ -318,6 +327,11 @@ def _layer_arrays(params, cell: str, layer: int, reverse: bool, what: str):
         raise ShapeError(f"weight_ih{sfx} must be [{G}*hidden_size, input_size], got {list(w_ih.shape)}")
     H = w_ih.shape[0] // G
     _shape("weight_hh" + sfx, w_hh, (G * H, H), f"[{G}*hidden_size, hidden_size]")
+    has = [("bias_" + n + sfx) in params for n in ("ih", "hh")]
+    if has[0] != has[1]:  # (forward refuses such a set too: both biases, or bias=False)
+        raise ParameterError(f"params has bias_{'ih' if has[0] else 'hh'}{sfx} but not "
+                             f"bias_{'hh' if has[0] else 'ih'}{sfx}: give both biases of a "
+                             "layer, or neither (bias=False)")
     zeros = np.zeros(G * H, w_ih.dtype)
     b_ih = _float("bias_ih" + sfx, params.get("bias_ih" + sfx, zeros))
     b_hh = _float("bias_hh" + sfx, params.get("bias_hh" + sfx, zeros))

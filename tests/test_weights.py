@@ -316,3 +316,40 @@ def test_onnx_input_forget_message_names_a_readme_section():
     section = re.search(r"README, '([^']+)'", str(info.value)).group(1)
     readme = (pathlib.Path(__file__).parent.parent / "README.md").read_text()
     assert re.search(rf"^#+ {re.escape(section)}$", readme, re.M), section
+
+
+def test_converter_arguments_are_checked():
+    """Bad converter arguments raise errors that name them (found by a break-it sweep):
+    ``reverse`` must be a bool (the string "False" selected the reverse direction), ONNX
+    activation attributes of the wrong kind, input_forget other than 0/1, one bias of a
+    layer without the other (forward refuses such a set too), dtype messages naming the
+    caller's dtypes; ``python -m gatecore`` runs the CLI."""
+    import subprocess
+    import sys
+    z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    for bad in ("False", "no", 1, None):
+        with pytest.raises(TypeError, match="reverse must be True or False"):
+            weights.from_keras("lstm", z(3, 16), z(4, 16), reverse=bad)
+    p = gatecore.init_params("lstm", 3, 4, bidirectional=True)
+    with pytest.raises(TypeError, match="reverse must be True or False"):
+        weights.to_keras("lstm", p, reverse="no")
+    W, R = z(1, 16, 3), z(1, 16, 4)
+    for kw in (dict(activation_alpha=1.0), dict(activation_beta=np.array(0.5)),
+               dict(activation_alpha=[0.5])):
+        with pytest.raises(ValueError, match="activation_"):
+            weights.from_onnx("LSTM", W, R, **kw)
+    weights.from_onnx("LSTM", W, R, activation_alpha=[], activation_beta=None)
+    with pytest.raises(TypeError, match="activations must be a list"):
+        weights.from_onnx("LSTM", W, R, activations=123)
+    with pytest.raises(ValueError, match="input_forget must be 0 or 1"):
+        weights.from_onnx("LSTM", W, R, input_forget=2)
+    with pytest.raises(DTypeError, match="R has dtype float64 but W has int64"):
+        weights.from_onnx("LSTM", W.astype(np.int64), R.astype(np.float64))
+    q = gatecore.init_params("lstm", 3, 4)
+    del q["bias_hh_l0"]
+    for export in (lambda: weights.to_onnx("lstm", q), lambda: weights.to_keras("lstm", q)):
+        with pytest.raises(ParameterError, match="bias_ih_l0 but not bias_hh_l0"):
+            export()
+    out = subprocess.run([sys.executable, "-m", "gatecore", "--version"], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.startswith("gatecore ")
